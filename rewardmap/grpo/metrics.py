@@ -1,0 +1,68 @@
+"""Training metrics: per-step reward figures by question type and stage, written to JSONL and TensorBoard."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from rewardmap.reward import RewardBreakdown
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def reward_metrics(scores: Sequence[RewardBreakdown], rows: Sequence[dict], n: int, stage: int) -> dict[str, float]:
+    """reward/mean, reward/accuracy, and the same per question type; `scores` holds n per row, in row order."""
+    by_type: dict[str, list[RewardBreakdown]] = defaultdict(list)
+    for index, score in enumerate(scores):
+        by_type[rows[index // n]["type"]].append(score)
+    metrics = {
+        "stage": float(stage + 1),
+        "reward/mean": sum(s.total for s in scores) / len(scores),
+        "reward/accuracy": sum(s.correct for s in scores) / len(scores),
+        "reward/detail_mean": sum(s.detail for s in scores) / len(scores),
+    }
+    for qtype, group in sorted(by_type.items()):
+        metrics[f"reward/{qtype}/mean"] = sum(s.total for s in group) / len(group)
+        metrics[f"reward/{qtype}/accuracy"] = sum(s.correct for s in group) / len(group)
+    return metrics
+
+
+class MetricsLogger:
+    """Appends one JSON line per step to <run>/metrics.jsonl and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.path = Path(run_dir) / METRICS_FILE
+        self.writer = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps({"step": step, **metrics}) + "\n")
+        if self.writer is not None:
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The run's metric records, one per step; a resumed run's repeated steps keep their newest record."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a training run directory?")
+    records: dict[int, dict] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records[record["step"]] = record
+    return [records[step] for step in sorted(records)]

@@ -1,0 +1,154 @@
+"""Builds what a run trains with from its config: policy, reference, processor, rollout engine, optimizer, data."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from PIL import Image
+
+from rewardmap.config import DataConfig, RewardMapConfig
+from rewardmap.data.curriculum import CurriculumStream
+from rewardmap.data.images import load_image
+from rewardmap.data.loading import MapDataset, load_rows
+from rewardmap.data.prompts import render_prompt
+from rewardmap.models.loading import load_policy, load_processor, load_reference
+from rewardmap.models.lora import apply_lora, reference_policy
+from rewardmap.rollout import RolloutEngine
+
+logger = logging.getLogger(__name__)
+
+
+def row_image(row: dict, root: Path, data: DataConfig) -> Image.Image:
+    """The row's map resized to the data section's pixel budget (cached on disk after the first decode)."""
+    return load_image(
+        row["figure"],
+        root=root,
+        min_pixels=data.min_pixels,
+        max_pixels=data.max_pixels,
+        cache_dir=data.image_cache_dir,
+        max_source_pixels=data.max_decode_pixels,
+    )
+
+
+@dataclass
+class Components:
+    """Everything a GRPO step touches besides the config."""
+
+    config: RewardMapConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    processor: object
+    engine: RolloutEngine
+    rows: MapDataset
+    stream: CurriculumStream
+    frozen_reference: torch.nn.Module | None
+    val_rows: list[dict]
+    """Held-out rows validated every trainer.val_freq steps (empty: no validation)."""
+    val_root: Path | None
+    """Where the held-out rows' relative figure paths resolve."""
+
+    @property
+    def pad_id(self) -> int:
+        return self.processor.tokenizer.pad_token_id
+
+    def prompts_and_images(self, rows: Sequence[dict]) -> tuple[list[str], list[Image.Image]]:
+        """Rendered chat prompts (the one prompt builder) and the rows' images."""
+        prompts = [render_prompt(self.processor, row["question"]) for row in rows]
+        return prompts, [row_image(row, self.rows.root, self.config.data) for row in rows]
+
+    def prompt_inputs(self, prompts: Sequence[str], images: Sequence[Image.Image]) -> dict:
+        """Processor outputs for the prompts, left-padded; refuses prompts over data.max_prompt_length tokens."""
+        inputs = self.processor(text=list(prompts), images=list(images), padding=True, return_tensors="pt")
+        longest = int(inputs["attention_mask"].sum(-1).max())
+        if longest > self.config.data.max_prompt_length:
+            raise ValueError(
+                f"a prompt has {longest} tokens, over data.max_prompt_length={self.config.data.max_prompt_length}; "
+                "lower data.max_pixels or raise data.max_prompt_length"
+            )
+        return {key: value.to(self.model.device) for key, value in inputs.items()}
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[torch.nn.Module]:
+        """The frozen reference policy: the LoRA base with adapters off, or a separate frozen copy."""
+        if self.frozen_reference is not None:
+            yield self.frozen_reference
+        else:
+            with reference_policy(self.model) as base:
+                yield base
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def set_lr(self, step: int) -> None:
+        """Linear warm-up over trainer.warmup_steps, then constant (the released schedule)."""
+        trainer = self.config.trainer
+        scale = min(1.0, (step + 1) / trainer.warmup_steps) if trainer.warmup_steps else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = trainer.lr * scale
+
+
+def build_engine(config: RewardMapConfig, model: torch.nn.Module, processor: object) -> RolloutEngine:
+    """The rollout engine named by rollout.engine (vLLM is imported only when asked for)."""
+    if config.rollout.engine == "vllm":
+        from rewardmap.rollout.vllm import VLLMRolloutEngine
+
+        return VLLMRolloutEngine.from_config(config, processor)
+    from rewardmap.rollout.hf import HFRolloutEngine
+
+    return HFRolloutEngine(model, processor)
+
+
+def build_components(config: RewardMapConfig, accelerator: Accelerator) -> Components:
+    """Loads the model(s) and data of a run and prepares them with accelerate."""
+    cfg_model, cfg_data = config.model, config.data
+    torch.manual_seed(config.trainer.seed)
+    dtype = None if cfg_model.dtype == "auto" else cfg_model.dtype
+    attn = None if cfg_model.attn_implementation == "auto" else cfg_model.attn_implementation
+    device = accelerator.device
+    model = load_policy(
+        cfg_model.path,
+        device=device,
+        dtype=dtype,
+        attn_implementation=attn,
+        gradient_checkpointing=cfg_model.gradient_checkpointing,
+    )
+    frozen_reference = None
+    if cfg_model.lora_rank > 0:
+        model = apply_lora(
+            model, rank=cfg_model.lora_rank, alpha=cfg_model.lora_alpha, target_modules=cfg_model.lora_target_modules
+        )
+    elif config.algorithm.kl_coef > 0:
+        frozen_reference = load_reference(cfg_model.path, device=device, dtype=dtype, attn_implementation=attn)
+    processor = load_processor(cfg_model.path, min_pixels=cfg_data.min_pixels, max_pixels=cfg_data.max_pixels)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.trainer.lr,
+        betas=(0.9, 0.999),
+        weight_decay=config.trainer.weight_decay,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    rows = load_rows(cfg_data.train_files, split=cfg_data.train_split, on_bad_row=cfg_data.on_bad_row)
+    curriculum = config.curriculum
+    stages = curriculum.preset if curriculum.stages is None else [vars(stage) for stage in curriculum.stages]
+    stream = CurriculumStream(
+        rows.types,
+        stages,
+        batch_size=cfg_data.prompts_per_step,
+        order=curriculum.order,
+        difficulties=rows.difficulties,
+        seed=curriculum.seed,
+    )
+    logger.info("%d training rows from %s: %d steps", len(rows), cfg_data.train_files, len(stream))
+    val_rows, val_root = [], None
+    if cfg_data.val_files and config.trainer.val_freq > 0:
+        held_out = load_rows(cfg_data.val_files, split=cfg_data.val_split, on_bad_row=cfg_data.on_bad_row)
+        val_rows = [held_out[i] for i in range(min(len(held_out), cfg_data.val_limit or len(held_out)))]
+        val_root = held_out.root
+    engine = build_engine(config, model, processor)
+    return Components(config, model, optimizer, processor, engine, rows, stream, frozen_reference, val_rows, val_root)

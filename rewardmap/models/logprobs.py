@@ -1,0 +1,211 @@
+"""Per-token log-probs (and entropy) of completions under a Qwen2.5-VL policy, micro-batched; batched prompt inputs.
+
+Hot path of the GRPO update: the lm_head runs only on the C positions that predict completion tokens, and the
+log-softmax is `logit[token] - logsumexp(logits)` so no second full-vocabulary tensor is kept for autograd.
+"""
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from transformers import BatchFeature, ProcessorMixin
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from rewardmap.models.fused import linear_logprob, linear_logprob_entropy
+
+logger = logging.getLogger(__name__)
+
+
+def chat_text(processor: ProcessorMixin, question: str, *, with_image: bool = True, system: str | None = None) -> str:
+    """One user turn (image first, then the question) in the model's chat template, ending with the assistant cue."""
+    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+        {"role": "user", "content": content}
+    ]
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def build_prompt_inputs(
+    processor: ProcessorMixin,
+    questions: Sequence[str],
+    images: Sequence[Image.Image] | None,
+    *,
+    system: str | None = None,
+) -> BatchFeature:
+    """Processor output for B chat prompts, left-padded: input_ids/attention_mask (B, P), pixel_values, image_grid_thw.
+
+    `images` holds one RGB image per question, or is None for text-only prompts.
+    """
+    if images is not None and len(images) != len(questions):
+        raise ValueError(f"got {len(questions)} questions but {len(images)} images; pass one image per question")
+    texts = [chat_text(processor, q, with_image=images is not None, system=system) for q in questions]
+    image_list = list(images) if images is not None else None
+    return processor(text=texts, images=image_list, padding=True, padding_side="left", return_tensors="pt")
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    prompt_inputs: Mapping[str, Tensor],
+    completion_ids: Tensor,
+    completion_mask: Tensor,
+    *,
+    micro_batch_size: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    prompt_index: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Log-probs (B, C) of `completion_ids` (B, C) after their prompts, 0 where `completion_mask` (B, C) is 0.
+
+    prompt_inputs: input_ids/attention_mask (P, L), padded on either side; optional pixel_values (sum of patches, D)
+    with image_grid_thw (P, 3), one image per prompt. `prompt_index` (B,) names each completion's prompt (default:
+    completion i follows prompt i); a prompt's image is encoded once per micro-batch however many of its completions
+    are in it. Returns (logps, entropy or None), both differentiable; the entropy is that of the temperature-scaled
+    next-token distribution. A training pass keeps every micro-batch's graph until backward, so the trainer slices
+    the batch itself when it needs to bound memory.
+    """
+    input_ids, attention_mask = prompt_inputs["input_ids"], prompt_inputs["attention_mask"]
+    prompts, batch = input_ids.shape[0], completion_ids.shape[0]
+    if prompt_index is None and prompts != batch:
+        raise ValueError(f"completion_ids has {batch} rows for {prompts} prompts: pass prompt_index to map them")
+    prompt_index = torch.arange(batch) if prompt_index is None else prompt_index.cpu()
+    if completion_ids.shape != completion_mask.shape or prompt_index.shape != (batch,):
+        raise ValueError(
+            f"completion_ids {tuple(completion_ids.shape)} and completion_mask {tuple(completion_mask.shape)} "
+            f"must both be (B, C), with prompt_index of shape (B,) (got {tuple(prompt_index.shape)})"
+        )
+    if batch and (prompt_index.min() < 0 or prompt_index.max() >= prompts):
+        raise ValueError(f"prompt_index must lie in 0..{prompts - 1}: there are {prompts} prompts")
+    if micro_batch_size <= 0 or temperature <= 0:
+        raise ValueError(f"micro_batch_size ({micro_batch_size}) and temperature ({temperature}) must be positive")
+    pixel_values, grid_thw = prompt_inputs.get("pixel_values"), prompt_inputs.get("image_grid_thw")
+    if pixel_values is not None and (grid_thw is None or grid_thw.shape[0] != prompts):
+        got = None if grid_thw is None else tuple(grid_thw.shape)
+        raise ValueError(f"image_grid_thw is {got}; expected ({prompts}, 3): exactly one image per prompt")
+    # Patch offsets of each prompt's image inside the flat pixel_values.
+    offsets = [0] + torch.cumsum(grid_thw.prod(-1), 0).tolist() if pixel_values is not None else None
+    logps, entropies = [], []
+    for start in range(0, batch, micro_batch_size):
+        index = prompt_index[start : start + micro_batch_size]
+        images = None
+        if pixel_values is not None:
+            unique, inverse = torch.unique(index, return_inverse=True)
+            pixels = torch.cat([pixel_values[offsets[i] : offsets[i + 1]] for i in unique.tolist()])
+            images = (pixels, grid_thw[unique.to(grid_thw.device)], inverse)
+        lp, ent = _micro_batch_logprobs(
+            model,
+            input_ids[index.to(input_ids.device)],
+            attention_mask[index.to(attention_mask.device)],
+            images,
+            completion_ids[start : start + micro_batch_size],
+            completion_mask[start : start + micro_batch_size],
+            temperature,
+            with_entropy,
+        )
+        logps.append(lp)
+        entropies.append(ent)
+    return torch.cat(logps), torch.cat(entropies) if with_entropy else None
+
+
+def _micro_batch_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    images: tuple[Tensor, Tensor, Tensor] | None,
+    completion_ids: Tensor,
+    completion_mask: Tensor,
+    temperature: float,
+    with_entropy: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """completion_logprobs on one micro-batch: left-align and trim the prompts, trim trailing completion padding.
+
+    `images` = (pixel_values of the distinct prompts' images, their image_grid_thw, each row's image number).
+    """
+    # Stable sort of the mask moves padding to the left whichever side it was on; then drop all-padding columns.
+    order = torch.argsort(prompt_mask.long(), dim=1, stable=True)
+    prompt_ids, prompt_mask = prompt_ids.gather(1, order), prompt_mask.gather(1, order)
+    longest = int(prompt_mask.sum(1).max())
+    if longest == 0:
+        raise ValueError("a micro-batch has only empty prompts; every prompt needs at least one token")
+    prompt_ids, prompt_mask = prompt_ids[:, -longest:], prompt_mask[:, -longest:]
+    full_width = completion_ids.shape[1]
+    filled = completion_mask.any(0).nonzero()
+    width = int(filled.max()) + 1 if filled.numel() else 1
+    completion_ids, mask = completion_ids[:, :width], completion_mask[:, :width].bool()
+
+    ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask.to(mask.dtype), mask], dim=1).long()
+    image_kwargs, row_grid = {}, None
+    if images is not None:
+        # Encode each distinct image once; every row that shows it reuses the features (n rollouts per prompt).
+        pixels, grid, inverse = images
+        features = model.get_image_features(pixels, grid, return_dict=True).pooler_output
+        row_grid = grid[inverse.to(grid.device)]
+        pooled = BaseModelOutputWithPooling(pooler_output=[features[i] for i in inverse.tolist()])
+        image_kwargs = {"mm_encoder_outputs": {"image": pooled}}
+    position_ids = _mrope_position_ids(model, ids, attention_mask, row_grid)
+    # Hidden state at position t predicts token t + 1: keep the C positions ending just before the last token.
+    keep = torch.arange(longest - 1, longest + width - 1, device=ids.device)
+    head = model.get_output_embeddings().weight
+    inputs = {"input_ids": ids, "attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
+    if isinstance(head, torch.distributed.tensor.DTensor):  # sharded lm_head (FSDP2): only its own forward gathers it
+        logits = model(**inputs, logits_to_keep=keep, **image_kwargs).logits.float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        logsumexp = torch.logsumexp(logits, dim=-1)
+        logps = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - logsumexp
+        entropy = logsumexp - (torch.softmax(logits, dim=-1) * logits).sum(-1) if with_entropy else None
+    else:  # the fused chunked head: no (b, C, V) logits kept for backward
+        hidden = _last_hidden_state(model, inputs, image_kwargs)[:, keep][mask]
+        targets = completion_ids[mask]
+        logps, entropy = torch.zeros(mask.shape, dtype=torch.float32, device=ids.device), None
+        if with_entropy:
+            token_logps, token_entropy = linear_logprob_entropy(hidden, head, targets, temperature)
+            entropy = torch.zeros_like(logps).masked_scatter(mask, token_entropy)
+        else:
+            token_logps = (
+                linear_logprob_entropy(hidden, head, targets, temperature)[0]
+                if hidden.requires_grad
+                else (linear_logprob(hidden, head, targets, temperature))
+            )
+        logps = logps.masked_scatter(mask, token_logps)
+    logps = torch.where(mask, logps, 0.0)
+    if entropy is not None:
+        entropy = F.pad(torch.where(mask, entropy, 0.0), (0, full_width - width))
+    return F.pad(logps, (0, full_width - width)), entropy
+
+
+def _last_hidden_state(model: torch.nn.Module, inputs: dict, image_kwargs: dict) -> Tensor:
+    """The decoder's final (normed) hidden states (b, L, d) from a full forward that skips the lm_head."""
+    captured = []
+    decoder = next(m for m in model.modules() if hasattr(m, "get_rope_index"))
+    handle = decoder.register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
+    try:
+        model(
+            **inputs,
+            logits_to_keep=torch.zeros(0, dtype=torch.long, device=inputs["input_ids"].device),
+            **image_kwargs,
+        )
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def _mrope_position_ids(
+    model: torch.nn.Module, ids: Tensor, attention_mask: Tensor, image_grid_thw: Tensor | None
+) -> Tensor:
+    """Qwen2.5-VL's 3-D rope positions (3, b, L) computed from the real tokens only, so padding cannot shift them.
+
+    transformers 5.x skips these positions silently unless mm_token_type_ids is passed, so they are built here.
+    """
+    vl_model = next((m for m in model.modules() if hasattr(m, "get_rope_index")), None)
+    if vl_model is None:
+        raise ValueError(f"{type(model).__name__} has no Qwen2.5-VL module with get_rope_index")
+    config = vl_model.config
+    token_type = (ids == config.image_token_id).int() + 2 * (ids == config.video_token_id).int()
+    position_ids, _ = vl_model.get_rope_index(
+        ids, mm_token_type_ids=token_type, image_grid_thw=image_grid_thw, attention_mask=attention_mask
+    )
+    return position_ids

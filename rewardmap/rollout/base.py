@@ -1,0 +1,46 @@
+"""The RolloutEngine protocol both engines implement, and the values it passes around."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample one call's completions."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    seed: int = 0
+
+
+@dataclass
+class Completion:
+    """One sampled completion: its token ids (up to and including EOS), text and per-token log-probs."""
+
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]
+    finished: bool
+    """True when it ended with an end-of-sequence token, False when it hit max_tokens."""
+
+
+class RolloutEngine(Protocol):
+    """Samples completions for rendered prompts (chat template applied) with one image each."""
+
+    def generate(
+        self, prompts: Sequence[str], images: Sequence[Image.Image], n: int, sampling: Sampling
+    ) -> list[list[Completion]]:
+        """n completions for each prompt, in prompt order."""
+        ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Make the engine sample from `model`'s current weights."""
+        ...

@@ -1,0 +1,78 @@
+"""Rollouts with transformers `generate` on the training model itself (CPU, tests, small runs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+from rewardmap.rollout.base import Completion, Sampling
+
+
+class HFRolloutEngine:
+    """Samples from the policy being trained; `sync_weights` has nothing to do since it shares the weights."""
+
+    def __init__(self, model: torch.nn.Module, processor, batch_size: int = 8) -> None:
+        self.model = model
+        self.processor = processor
+        self.batch_size = batch_size
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id = processor.tokenizer.pad_token_id
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        if model is not self.model:
+            raise ValueError("the HF rollout engine samples from the model it was built with; pass that model")
+
+    @torch.no_grad()
+    def generate(
+        self, prompts: Sequence[str], images: Sequence[Image.Image], n: int, sampling: Sampling
+    ) -> list[list[Completion]]:
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images: give one image per prompt")
+        results: list[list[Completion]] = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sampling.seed)
+            for start in range(0, len(prompts), self.batch_size):
+                end = start + self.batch_size
+                results.extend(self._generate_batch(prompts[start:end], images[start:end], n, sampling))
+        return results
+
+    def _generate_batch(
+        self, prompts: Sequence[str], images: Sequence[Image.Image], n: int, sampling: Sampling
+    ) -> list[list[Completion]]:
+        self.processor.tokenizer.padding_side = "left"
+        inputs = self.processor(text=list(prompts), images=list(images), return_tensors="pt", padding=True)
+        inputs = inputs.to(self.model.device)
+        greedy = sampling.temperature <= 0
+        was_training = self.model.training
+        self.model.eval()
+        output = self.model.generate(
+            **inputs,
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None if greedy else max(sampling.top_k, 0),  # 0 turns top-k off in transformers
+            max_new_tokens=sampling.max_tokens,
+            num_return_sequences=n,
+            return_dict_in_generate=True,
+            output_logits=True,
+            pad_token_id=self.pad_id,
+        )
+        self.model.train(was_training)
+        new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
+        logits = torch.stack(output.logits, dim=1).float()  # (B*n, L, V)
+        if not greedy:
+            logits = logits / sampling.temperature
+        token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        completions = [
+            self._completion(ids, lps) for ids, lps in zip(new_tokens.tolist(), token_logprobs.tolist(), strict=True)
+        ]
+        return [completions[i : i + n] for i in range(0, len(completions), n)]
+
+    def _completion(self, ids: list[int], logprobs: list[float]) -> Completion:
+        end = next((i + 1 for i, token in enumerate(ids) if token in self.eos_ids), None)
+        kept = ids[:end] if end else ids
+        text = self.processor.tokenizer.decode(kept, skip_special_tokens=True)
+        return Completion(token_ids=kept, text=text, logprobs=logprobs[: len(kept)], finished=end is not None)

