@@ -115,7 +115,7 @@ def make_eos_certain(model: torch.nn.Module) -> None:
 def add_noise(model: torch.nn.Module) -> None:
     generator = torch.Generator().manual_seed(7)
     for parameter in model.parameters():
-        parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+        parameter.add_(torch.randn(parameter.shape, generator=generator).to(parameter.device) * 0.05)
 
 
 def trainer_logprobs(case: Case, groups: list[list[Completion]], temperature: float) -> list[list[torch.Tensor]]:

@@ -1,0 +1,52 @@
+"""A seeded GRPO run on a small synthetic task raises the policy's mean reward well above where it started."""
+
+import pytest
+
+from rewardmap.config import load_config
+from rewardmap.grpo.sft import warm_start
+from rewardmap.grpo.trainer import GRPOTrainer
+from rewardmap.reward import score_batch
+from rewardmap.rollout import Sampling
+
+from .test_grpo_trainer import DEMO
+
+
+def sampled_reward(trainer: GRPOTrainer, rows: list[dict]) -> float:
+    """Mean reward of 4 sampled answers per row, with a fixed sampling seed."""
+    parts = trainer.parts
+    prompts, images = parts.prompts_and_images(rows)
+    groups = parts.engine.generate(prompts, images, 4, Sampling(max_tokens=6, temperature=1.0, seed=1234))
+    scores = score_batch([c.text for group in groups for c in group], [row for row in rows for _ in range(4)])
+    return sum(score.total for score in scores) / len(scores)
+
+
+@pytest.mark.slow
+def test_grpo_raises_the_reward_on_true_false_questions(tiny_model_dir, synth_dataset_dir, tmp_path):
+    overrides = [
+        f"model.path={tiny_model_dir}",
+        f"data.train_files={synth_dataset_dir}",
+        f"trainer.output_dir={tmp_path}",
+        f"data.image_cache_dir={tmp_path / 'image_cache'}",
+        "data.max_pixels=50176",
+        "data.max_response_length=6",
+        "data.prompts_per_step=4",
+        "rollout.n=4",
+        "sft.steps=60",  # a short warm start: answers in format some of the time, not yet reliably
+        "sft.lr=3e-3",
+        "trainer.lr=3e-4",
+        "trainer.tensorboard=false",
+        "trainer.val_freq=0",
+        "trainer.save_freq=1000",
+        "trainer.max_steps=16",
+        "curriculum.stages=[{types: [TorF1, TorF2], steps: 16}, {types: [Counting1, Counting2, Counting3, planning]}]",
+    ]
+    trainer = GRPOTrainer(warm_start(load_config(DEMO, overrides)))
+    probe = [row for row in (trainer.parts.rows[i] for i in range(len(trainer.parts.rows))) if "TorF" in row["type"]]
+    probe = probe[:32]
+    before = sampled_reward(trainer, probe)
+    trainer.fit()
+    after = sampled_reward(trainer, probe)
+    print(f"mean reward on 32 true/false rows x 4 samples: {before:.2f} -> {after:.2f}")
+    # 128 samples of rewards in {0, 10, 12, 15}: the standard error of the mean is about 0.45; seeded, this run
+    # goes from 2.48 to 3.84 on 2 CPU cores.
+    assert after >= before + 1.0, (before, after)
