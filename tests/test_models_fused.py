@@ -55,3 +55,15 @@ def test_rollouts_of_one_prompt_share_its_image(tiny_model_dir, maps_root):
     torch.testing.assert_close(shared, alone, atol=1e-5, rtol=0)
     torch.testing.assert_close(shared_entropy, alone_entropy, atol=1e-5, rtol=0)
     assert torch.all(shared[mask == 0] == 0) and torch.all(shared_entropy[mask == 0] == 0)
+
+
+def test_a_sampled_image_placeholder_is_scored_not_crashed(tiny_model_dir, maps_root):
+    from rewardmap.data.images import load_image
+
+    model = load_policy(tiny_model_dir, device="cpu", dtype=torch.float32)
+    processor = load_processor(tiny_model_dir, max_pixels=60_000)
+    image = load_image("norway/oslo.png", root=maps_root, max_pixels=60_000)
+    prompt = build_prompt_inputs(processor, ["Is A on Line 1?"], [image])
+    ids = torch.tensor([[9707, 151655, 151656, 151645]])  # text, <|image_pad|>, <|video_pad|>, <|im_end|>
+    logps, _ = completion_logprobs(model, prompt, ids, torch.ones_like(ids), micro_batch_size=1)
+    assert torch.isfinite(logps).all() and torch.all(logps < 0)

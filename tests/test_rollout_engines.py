@@ -29,6 +29,8 @@ from rewardmap.models.tiny import IM_END_ID  # noqa: E402
 from rewardmap.rollout import Completion, RolloutEngine, Sampling  # noqa: E402
 from rewardmap.rollout.hf import HFRolloutEngine  # noqa: E402
 
+from .test_grpo_trainer import small_overrides  # noqa: E402
+
 MAX_PIXELS = 200704
 IMAGE_BUDGETS = (50176, 100352, 200704)  # one real map per budget: three image sizes in one batch
 KV_FRACTION = 0.02  # vLLM's KV cache: 2% of RAM (~0.5 GiB here), plenty for the tiny model
@@ -239,25 +241,16 @@ def test_weight_sync_follows_the_trainer(case):
 
 def grpo_overrides(model_dir: Path, data_dir: Path, out: Path) -> list[str]:
     """Seconds per step: 2 prompts x 2 rollouts x 8 tokens, true/false questions, 3 steps, vLLM rollouts."""
-    return [
-        f"model.path={model_dir}",
-        f"data.train_files={data_dir}",
-        f"trainer.output_dir={out}",
-        f"data.image_cache_dir={out / 'image_cache'}",
-        "data.prompts_per_step=2",
-        "data.max_pixels=50176",
-        "data.max_response_length=8",
-        "rollout.n=2",
-        "sft.steps=0",
-        "curriculum.stages=[{types: [TorF1, TorF2], steps: 3},"
-        " {types: [Counting1, Counting2, Counting3, planning], steps: 1}]",
+    return small_overrides(
+        model_dir,
+        data_dir,
+        out,
         "trainer.max_steps=3",
         "trainer.save_freq=3",
-        "trainer.tensorboard=false",
         "rollout.engine=vllm",
         f"rollout.gpu_memory_utilization={KV_FRACTION}",
         "rollout.max_model_len=4096",
-    ]
+    )
 
 
 @pytest.mark.vllm

@@ -2,7 +2,7 @@
 
 import sys
 
-from rewardmap.data.hub import main
+from rewardmap.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["download", *sys.argv[1:]]))

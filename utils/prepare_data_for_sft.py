@@ -2,7 +2,7 @@
 
 import sys
 
-from rewardmap.data.sft import main
+from rewardmap.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["sft-data", *sys.argv[1:]]))

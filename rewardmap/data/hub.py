@@ -60,11 +60,3 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"{DATASETS[name][0]} -> {target}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of utils/download_dataset.py."""
-    parser = argparse.ArgumentParser(description="Download ReasonMap-Train / ReasonMap-Plus into data/.")
-    add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(parser.parse_args(argv))

@@ -185,11 +185,3 @@ def run(args: argparse.Namespace) -> int:
     skipped = ", ".join(f"{reason}: {count}" for reason, count in result.skipped.most_common()) or "none"
     print(f"wrote {result.kept} records to {result.path} (skipped: {skipped}); dataset_info.json updated")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of utils/prepare_data_for_sft.py."""
-    parser = argparse.ArgumentParser(description="Export a ReasonMap-schema dataset as LLaMA-Factory sharegpt JSON.")
-    add_arguments(parser)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(parser.parse_args(argv))

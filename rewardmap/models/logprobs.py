@@ -135,7 +135,12 @@ def _micro_batch_logprobs(
     width = int(filled.max()) + 1 if filled.numel() else 1
     completion_ids, mask = completion_ids[:, :width], completion_mask[:, :width].bool()
 
-    ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    # A sampled image/video placeholder (a random policy does emit them) would make the model look for a missing image:
+    # it is fed as padding, while its log-prob is still that of the token actually sampled.
+    config = next(m for m in model.modules() if hasattr(m, "get_rope_index")).config
+    placeholders = torch.tensor([config.image_token_id, config.video_token_id], device=completion_ids.device)
+    fed = completion_ids.masked_fill(torch.isin(completion_ids, placeholders), model.generation_config.pad_token_id)
+    ids = torch.cat([prompt_ids, fed], dim=1)
     attention_mask = torch.cat([prompt_mask.to(mask.dtype), mask], dim=1).long()
     image_kwargs, row_grid = {}, None
     if images is not None:
