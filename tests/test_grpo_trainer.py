@@ -57,6 +57,15 @@ def test_one_step_changes_the_weights(tiny_model_dir, synth_dataset_dir, tmp_pat
         assert key in metrics
 
 
+def test_validation_scores_held_out_rows_with_the_eval_code(tiny_model_dir, synth_dataset_dir, tmp_path):
+    extra = (f"data.val_files={synth_dataset_dir}", "data.val_limit=4", "trainer.val_freq=1")
+    trainer = GRPOTrainer(load_config(DEMO, small_overrides(tiny_model_dir, synth_dataset_dir, tmp_path, *extra)))
+    assert len(trainer.parts.val_rows) == 4 and trainer.parts.val_root == synth_dataset_dir.resolve()
+    metrics = trainer.validate()
+    assert 0.0 <= metrics["val/accuracy"] <= 1.0 and metrics["timing/validation_s"] > 0
+    assert any(key.startswith("val/") and key.endswith("/accuracy") and key.count("/") == 2 for key in metrics)
+
+
 def test_zero_advantage_and_zero_kl_give_zero_loss(tiny_model_dir, synth_dataset_dir, tmp_path):
     config = load_config(
         DEMO, small_overrides(tiny_model_dir, synth_dataset_dir, tmp_path, "algorithm.entropy_coef=0")
