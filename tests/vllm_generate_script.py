@@ -8,7 +8,7 @@ from PIL import Image
 from transformers import AutoProcessor
 from vllm import LLM, SamplingParams
 
-from rewardmap.models.logprobs import chat_text
+from rewardmap.data.prompts import render_prompt
 
 
 def main() -> None:
@@ -26,8 +26,8 @@ def main() -> None:
     )
     image = Image.linear_gradient("L").convert("RGB").resize((112, 84))
     prompts = [
-        {"prompt": chat_text(processor, "Name a station.", with_image=False)},
-        {"prompt": chat_text(processor, "Name a station."), "multi_modal_data": {"image": image}},
+        {"prompt": render_prompt(processor, "Name a station.", with_image=False)},
+        {"prompt": render_prompt(processor, "Name a station."), "multi_modal_data": {"image": image}},
     ]
     outputs = llm.generate(prompts, SamplingParams(max_tokens=8, temperature=0.0))
     ids = [list(output.outputs[0].token_ids) for output in outputs]

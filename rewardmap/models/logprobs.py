@@ -1,7 +1,8 @@
 """Per-token log-probs (and entropy) of completions under a Qwen2.5-VL policy, micro-batched; batched prompt inputs.
 
-Hot path of the GRPO update: the lm_head runs only on the C positions that predict completion tokens, and the
-log-softmax is `logit[token] - logsumexp(logits)` so no second full-vocabulary tensor is kept for autograd.
+Hot path of the GRPO update: each prompt's image is encoded once per micro-batch, and the lm_head runs only on the
+completion positions, in the fused chunked kernel of `fused.py`, so no (tokens x vocabulary) logits are kept for
+autograd (a plain logits path remains for an FSDP-sharded lm_head).
 """
 
 import logging
@@ -14,34 +15,21 @@ from torch import Tensor
 from transformers import BatchFeature, ProcessorMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from rewardmap.data.prompts import render_prompt
 from rewardmap.models.fused import linear_logprob, linear_logprob_entropy
 
 logger = logging.getLogger(__name__)
 
 
-def chat_text(processor: ProcessorMixin, question: str, *, with_image: bool = True, system: str | None = None) -> str:
-    """One user turn (image first, then the question) in the model's chat template, ending with the assistant cue."""
-    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
-    messages = ([{"role": "system", "content": system}] if system is not None else []) + [
-        {"role": "user", "content": content}
-    ]
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
 def build_prompt_inputs(
-    processor: ProcessorMixin,
-    questions: Sequence[str],
-    images: Sequence[Image.Image] | None,
-    *,
-    system: str | None = None,
+    processor: ProcessorMixin, questions: Sequence[str], images: Sequence[Image.Image] | None
 ) -> BatchFeature:
-    """Processor output for B chat prompts, left-padded: input_ids/attention_mask (B, P), pixel_values, image_grid_thw.
-
-    `images` holds one RGB image per question, or is None for text-only prompts.
+    """Processor output for B prompts (`render_prompt`, the one prompt builder), left-padded: input_ids/attention_mask
+    (B, P), pixel_values, image_grid_thw. `images` holds one RGB image per question, or is None for text-only prompts.
     """
     if images is not None and len(images) != len(questions):
         raise ValueError(f"got {len(questions)} questions but {len(images)} images; pass one image per question")
-    texts = [chat_text(processor, q, with_image=images is not None, system=system) for q in questions]
+    texts = [render_prompt(processor, q, with_image=images is not None) for q in questions]
     image_list = list(images) if images is not None else None
     return processor(text=texts, images=image_list, padding=True, padding_side="left", return_tensors="pt")
 
