@@ -52,7 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError) as error:
+        # Bad input (config key, data row, path): the message names it; the traceback only helps when debugging.
+        if args.log_level.upper() == "DEBUG":
+            raise
+        print(f"rewardmap {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

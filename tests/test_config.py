@@ -79,3 +79,10 @@ def test_every_subcommand_has_help(command, capsys):
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: rewardmap " + command in capsys.readouterr().out
+
+
+def test_a_bad_override_is_one_line_on_stderr_not_a_traceback(capsys):
+    assert main(["train", "--config", str(CONFIGS / "demo.yaml"), "trainer.lrr=1e-6"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("rewardmap train: config overrides: Key 'lrr' not in 'TrainerConfig' (key: trainer.lrr)")
+    assert "Traceback" not in error
