@@ -7,6 +7,8 @@ import importlib
 import logging
 import sys
 
+from rewardmap.errors import InputError
+
 # name -> (module with add_arguments/run, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
     "train": ("rewardmap.grpo.train_cli", "multi-stage GRPO training from a YAML config plus key=value overrides"),
@@ -54,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
+    except (InputError, FileNotFoundError) as error:
         # Bad input (config key, data row, path): the message names it; the traceback only helps when debugging.
+        # Anything else (a bug, an internal error of torch or vLLM) fails with its traceback.
         if args.log_level.upper() == "DEBUG":
             raise
         print(f"rewardmap {args.command}: {error}", file=sys.stderr)

@@ -8,12 +8,14 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rewardmap.errors import InputError
+
 CURRICULUM_PRESETS = ("released", "coarse", "fine-grained", "none")
 
 
 def _check_choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{section}.{name}={value!r} is not one of {', '.join(allowed)}")
+        raise InputError(f"{section}.{name}={value!r} is not one of {', '.join(allowed)}")
 
 
 @dataclass
@@ -80,9 +82,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_choice("data", "on_bad_row", self.on_bad_row, ("error", "skip"))
         if self.prompts_per_step < 1:
-            raise ValueError(f"data.prompts_per_step={self.prompts_per_step} must be >= 1")
+            raise InputError(f"data.prompts_per_step={self.prompts_per_step} must be >= 1")
         if not 0 < self.min_pixels <= self.max_pixels:
-            raise ValueError(f"data.min_pixels={self.min_pixels} must be in (0, data.max_pixels={self.max_pixels}]")
+            raise InputError(f"data.min_pixels={self.min_pixels} must be in (0, data.max_pixels={self.max_pixels}]")
 
 
 @dataclass
@@ -138,13 +140,13 @@ class RolloutConfig:
     n: int = 4
     """Completions per prompt (the GRPO group size)."""
     temperature: float = 1.0
-    """Sampling temperature; 0 means greedy."""
+    """Sampling temperature of the rollouts (> 0: a group needs different answers)."""
     top_p: float = 1.0
     """Nucleus sampling mass."""
     top_k: int = -1
     """Top-k sampling; -1 turns it off."""
     seed: int = 0
-    """Sampling seed."""
+    """Sampling seed: a prompt's samples depend only on (seed, step, the prompt's index in the step's batch)."""
     gpu_memory_utilization: float = 0.6
     """vLLM: fraction of GPU memory for weights and KV cache."""
     tensor_parallel_size: int = 1
@@ -162,8 +164,13 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         _check_choice("rollout", "engine", self.engine, ("hf", "vllm"))
+        if self.temperature <= 0:
+            raise InputError(
+                f"rollout.temperature={self.temperature}: GRPO samples a group of different answers per prompt, "
+                "which needs a temperature > 0 (the recipe uses 1.0)"
+            )
         if self.n < 2:
-            raise ValueError(f"rollout.n={self.n}: GRPO needs at least 2 completions per prompt to form a group")
+            raise InputError(f"rollout.n={self.n}: GRPO needs at least 2 completions per prompt to form a group")
 
 
 @dataclass
@@ -232,10 +239,19 @@ class TrainerConfig:
     """Seed for weights' dropout, sampling order and everything else random in the trainer."""
     tensorboard: bool = True
     """Also write TensorBoard event files (metrics.jsonl is always written)."""
+    backend: str = "fsdp2"
+    """fsdp2 (PyTorch FSDP2 shards, DCP checkpoints) or deepspeed (ZeRO, stage trainer.zero_stage)."""
+    zero_stage: int = 3
+    """DeepSpeed ZeRO stage, 2 (optimizer state and gradients sharded) or 3 (weights too)."""
+    cpu_offload: bool = False
+    """Keep sharded weights, gradients and optimizer state in CPU memory (the recipe's offload; slower)."""
 
     def __post_init__(self) -> None:
+        _check_choice("trainer", "backend", self.backend, ("fsdp2", "deepspeed"))
+        if self.zero_stage not in (2, 3):
+            raise InputError(f"trainer.zero_stage={self.zero_stage} is not one of 2, 3")
         if self.save_freq < 1 or self.save_limit < 1 or self.micro_batch_size < 1:
-            raise ValueError(
+            raise InputError(
                 f"trainer.save_freq={self.save_freq}, trainer.save_limit={self.save_limit} and "
                 f"trainer.micro_batch_size={self.micro_batch_size} must all be >= 1"
             )
@@ -271,12 +287,12 @@ def load_config(
         source = "config overrides"
         bad = [item for item in overrides if "=" not in item]
         if bad:
-            raise ValueError(f"override {bad[0]!r} is not of the form section.key=value (e.g. trainer.lr=1e-6)")
+            raise InputError(f"override {bad[0]!r} is not of the form section.key=value (e.g. trainer.lr=1e-6)")
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         first_line = str(error.msg).splitlines()[0]
-        raise ValueError(f"{source}: {first_line} (key: {error.full_key})") from None
+        raise InputError(f"{source}: {first_line} (key: {error.full_key})") from None
 
 
 def config_to_yaml(config: RewardMapConfig) -> str:

@@ -1,9 +1,11 @@
-"""Atomic training checkpoints: write to a temporary directory, mark complete, rename; find, verify, load, prune.
+"""Atomic training checkpoints in N processes: every rank writes its shards into a temporary directory, then the
+main rank marks it complete, renames it and prunes old ones; find, verify, load.
 
-Layout of `<run>/checkpoints/step_000100/`: `model/` (Hugging Face `save_pretrained` layout plus processor files, or
-a LoRA adapter) when unsharded, `sharded/` (accelerate's FSDP / DeepSpeed state) when distributed,
-`optimizer.pt` (unsharded only), `trainer_state.json` (step, curriculum position) and `COMPLETE` (the file list with
-sizes, written last). A directory without a valid `COMPLETE` is never loaded.
+Layout of `<run>/checkpoints/step_000100/`: `sharded/` (the weights and optimizer state: torch distributed
+checkpoint files for FSDP2, DeepSpeed's own files for ZeRO), `rng/rank_NNNNN.pt` (each rank's torch RNG state),
+`model/` (config, generation config, LoRA adapter config and processor files: what a merge needs beside the shards),
+`trainer_state.json` (step, curriculum position, world size) and `COMPLETE` (the file list with sizes, written last).
+A directory without a valid `COMPLETE` is never loaded. Multi-node runs need the run directory on a shared file system.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import shutil
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedType
+
+from rewardmap.distributed import World, barrier
+from rewardmap.errors import InputError
+from rewardmap.grpo.backend import TrainBackend
 
 logger = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
-SHARDED = (DistributedType.FSDP, DistributedType.DEEPSPEED)
+SHARDS = "sharded"
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -29,46 +33,48 @@ def checkpoint_root(run_dir: Path) -> Path:
 
 
 def save(
-    run_dir: Path,
-    step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    processor: object,
-    state: dict,
-    accelerator: Accelerator,
+    run_dir: Path, step: int, backend: TrainBackend, processor: object, state: dict, world: World, *, keep: int
 ) -> Path:
-    """Writes checkpoint `step` atomically; returns its directory."""
+    """Writes checkpoint `step` atomically from every rank (collective); keeps the newest `keep`; returns its path."""
     final = checkpoint_root(run_dir) / f"step_{step:06d}"
     tmp = final.with_name(f".{final.name}.tmp")
-    if accelerator.is_main_process:
+    if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    if accelerator.distributed_type in SHARDED:
-        accelerator.save_state(str(tmp / "sharded"))
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if accelerator.distributed_type not in SHARDED:
-            unwrapped.save_pretrained(tmp / "model")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        else:  # the shards hold the weights; keep what a merge needs beside them
-            base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
-            base.config.save_pretrained(tmp / "model")
-            base.generation_config.save_pretrained(tmp / "model")
-            if hasattr(unwrapped, "peft_config"):
-                unwrapped.peft_config["default"].save_pretrained(tmp / "model")
-        processor.save_pretrained(tmp / "model")
-        (tmp / "trainer_state.json").write_text(
-            json.dumps({**state, "world_size": accelerator.num_processes}, indent=1)
-        )
+        (tmp / "rng").mkdir(parents=True)
+    barrier()
+    backend.save(tmp / SHARDS)
+    torch.save(_rng_state(), tmp / "rng" / f"rank_{world.rank:05d}.pt")
+    barrier()
+    if world.is_main:
+        _save_model_files(backend.model, processor, tmp / "model")
+        (tmp / "trainer_state.json").write_text(json.dumps({**state, "world_size": world.size}, indent=1))
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / MARKER).write_text(json.dumps({"step": step, "files": files}, indent=1))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         logger.info("saved checkpoint %s", final)
-    accelerator.wait_for_everyone()
+        prune(run_dir, keep)
+    barrier()
     return final
+
+
+def _save_model_files(model: torch.nn.Module, processor: object, directory: Path) -> None:
+    """What a merge needs beside the shards: the model's config and generation config, a LoRA adapter's config,
+    the processor files."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.config.save_pretrained(directory)
+    base.generation_config.save_pretrained(directory)
+    if hasattr(model, "peft_config"):
+        model.peft_config["default"].save_pretrained(directory)
+    processor.save_pretrained(directory)
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def verify(path: Path) -> dict:
@@ -76,17 +82,17 @@ def verify(path: Path) -> dict:
     path = Path(path)
     marker = path / MARKER
     if not marker.is_file():
-        raise ValueError(f"checkpoint {path} is incomplete: no {MARKER} marker (the save was interrupted); delete it")
+        raise InputError(f"checkpoint {path} is incomplete: no {MARKER} marker (the save was interrupted); delete it")
     try:
         record = json.loads(marker.read_text())
         files = record["files"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"checkpoint {path} has a corrupt {MARKER} marker ({error}); delete the checkpoint") from None
+        raise InputError(f"checkpoint {path} has a corrupt {MARKER} marker ({error}); delete the checkpoint") from None
     for name, size in files.items():
         file = path / name
         if not file.is_file() or file.stat().st_size != size:
             found = file.stat().st_size if file.is_file() else "missing"
-            raise ValueError(f"checkpoint {path} is corrupt: {name} should have {size} bytes, found {found}")
+            raise InputError(f"checkpoint {path} is corrupt: {name} should have {size} bytes, found {found}")
     return record
 
 
@@ -110,40 +116,25 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
         return latest(run_dir)
     path = Path(resume)
     if not path.is_dir():
-        raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint directory")
+        raise InputError(f"trainer.resume={resume}: no such checkpoint directory")
     verify(path)
     return path
 
 
-def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, accelerator: Accelerator) -> dict:
-    """Restores weights and optimizer state in place from a verified checkpoint; returns its trainer state."""
+def load(path: Path, backend: TrainBackend, world: World) -> dict:
+    """Restores weights, optimizer state and RNG in place from a verified checkpoint (collective); returns its
+    trainer state. A checkpoint of another world size is resharded; its RNG states are then not restored."""
     verify(path)
-    if (path / "sharded").is_dir():
-        accelerator.load_state(str(path / "sharded"))
-    else:
-        _load_weights(accelerator.unwrap_model(model), path / "model")
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    return json.loads((path / "trainer_state.json").read_text())
-
-
-def _load_weights(model: torch.nn.Module, model_dir: Path) -> None:
-    """Loads a save_pretrained directory (full model or LoRA adapter) into `model` in place, strictly.
-
-    transformers renames keys between its modules and its files, so the full model is read back with
-    `from_pretrained` (which applies the renaming) and copied over.
-    """
-    from safetensors.torch import load_file
-
-    adapter = model_dir / "adapter_model.safetensors"
-    if adapter.is_file():
-        from peft import set_peft_model_state_dict
-
-        result = set_peft_model_state_dict(model, load_file(adapter))
-        if result.unexpected_keys:
-            raise ValueError(f"{adapter} does not match the model: unexpected {result.unexpected_keys[:3]}")
-        return
-    saved = type(model).from_pretrained(model_dir, dtype=next(model.parameters()).dtype)
-    model.load_state_dict(saved.state_dict(), strict=True)
+    state = json.loads((path / "trainer_state.json").read_text())
+    backend.load(path / SHARDS)
+    if state["world_size"] == world.size:
+        rng = torch.load(path / "rng" / f"rank_{world.rank:05d}.pt", weights_only=True)
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+    elif world.is_main:
+        logger.warning("%s was written by %d processes, resharded onto %d", path, state["world_size"], world.size)
+    return state
 
 
 def prune(run_dir: Path, keep: int) -> None:

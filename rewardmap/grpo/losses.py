@@ -26,7 +26,8 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     """(B, T) per-token KL(policy || reference) estimate from sampled tokens' log-probs.
 
     k1 = log p - log q; mse (k2) = (log p - log q)^2 / 2; low_var_kl (k3) = q/p - log(q/p) - 1, clamped to [-10, 10]
-    as released (http://joschu.net/blog/kl-approx.html).
+    as released (http://joschu.net/blog/kl-approx.html). Its log-ratio is clamped to [-20, 20] before `exp`, as verl
+    does, so one far-off token cannot overflow to inf and turn the gradients into NaN.
     """
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
@@ -34,7 +35,7 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     if estimator == "mse":
         return 0.5 * log_ratio.square()
     if estimator == "low_var_kl":
-        ref_over_policy = -log_ratio
+        ref_over_policy = torch.clamp(-log_ratio, min=-20.0, max=20.0)
         return torch.clamp(ref_over_policy.exp() - ref_over_policy - 1, min=-10.0, max=10.0)
     raise ValueError(f"unknown KL estimator {estimator!r}: use low_var_kl, k1 or mse")
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from PIL import Image
 
 from rewardmap.config import DataConfig, RewardMapConfig
@@ -17,6 +16,9 @@ from rewardmap.data.curriculum import CurriculumStream
 from rewardmap.data.images import load_image
 from rewardmap.data.loading import MapDataset, load_rows
 from rewardmap.data.prompts import render_prompt
+from rewardmap.distributed import World, shard_model
+from rewardmap.errors import InputError
+from rewardmap.grpo.backend import TrainBackend, build_backend, compute_dtype
 from rewardmap.models.loading import load_policy, load_processor, load_reference
 from rewardmap.models.lora import apply_lora, reference_policy
 from rewardmap.rollout import RolloutEngine
@@ -41,8 +43,8 @@ class Components:
     """Everything a GRPO step touches besides the config."""
 
     config: RewardMapConfig
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    world: World
+    backend: TrainBackend
     processor: object
     engine: RolloutEngine
     rows: MapDataset
@@ -52,6 +54,10 @@ class Components:
     """Held-out rows validated every trainer.val_freq steps (empty: no validation)."""
     val_root: Path | None
     """Where the held-out rows' relative figure paths resolve."""
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.backend.model
 
     @property
     def pad_id(self) -> int:
@@ -67,11 +73,11 @@ class Components:
         inputs = self.processor(text=list(prompts), images=list(images), padding=True, return_tensors="pt")
         longest = int(inputs["attention_mask"].sum(-1).max())
         if longest > self.config.data.max_prompt_length:
-            raise ValueError(
+            raise InputError(
                 f"a prompt has {longest} tokens, over data.max_prompt_length={self.config.data.max_prompt_length}; "
                 "lower data.max_pixels or raise data.max_prompt_length"
             )
-        return {key: value.to(self.model.device) for key, value in inputs.items()}
+        return {key: value.to(self.world.device) for key, value in inputs.items()}
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[torch.nn.Module]:
@@ -81,16 +87,6 @@ class Components:
         else:
             with reference_policy(self.model) as base:
                 yield base
-
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def set_lr(self, step: int) -> None:
-        """Linear warm-up over trainer.warmup_steps, then constant (the released schedule)."""
-        trainer = self.config.trainer
-        scale = min(1.0, (step + 1) / trainer.warmup_steps) if trainer.warmup_steps else 1.0
-        for group in self.optimizer.param_groups:
-            group["lr"] = trainer.lr * scale
 
 
 def build_engine(config: RewardMapConfig, model: torch.nn.Module, processor: object) -> RolloutEngine:
@@ -104,17 +100,20 @@ def build_engine(config: RewardMapConfig, model: torch.nn.Module, processor: obj
     return HFRolloutEngine(model, processor)
 
 
-def build_components(config: RewardMapConfig, accelerator: Accelerator) -> Components:
-    """Loads the model(s) and data of a run and prepares them with accelerate."""
+def build_components(config: RewardMapConfig, world: World) -> Components:
+    """Loads the model(s) and data of a run; the policy (fp32 master weights) and the reference are sharded."""
     cfg_model, cfg_data = config.model, config.data
+    if cfg_data.prompts_per_step % world.size:
+        raise InputError(
+            f"data.prompts_per_step={cfg_data.prompts_per_step} does not split over the world of {world.size} "
+            "processes (NPROC x NNODES): each process trains whole groups, so make one a multiple of the other"
+        )
     torch.manual_seed(config.trainer.seed)
-    dtype = None if cfg_model.dtype == "auto" else cfg_model.dtype
     attn = None if cfg_model.attn_implementation == "auto" else cfg_model.attn_implementation
-    device = accelerator.device
     model = load_policy(
         cfg_model.path,
-        device=device,
-        dtype=dtype,
+        device=world.device,
+        dtype=torch.float32,
         attn_implementation=attn,
         gradient_checkpointing=cfg_model.gradient_checkpointing,
     )
@@ -124,15 +123,10 @@ def build_components(config: RewardMapConfig, accelerator: Accelerator) -> Compo
             model, rank=cfg_model.lora_rank, alpha=cfg_model.lora_alpha, target_modules=cfg_model.lora_target_modules
         )
     elif config.algorithm.kl_coef > 0:
-        frozen_reference = load_reference(cfg_model.path, device=device, dtype=dtype, attn_implementation=attn)
+        frozen_reference = load_reference(cfg_model.path, device=world.device, dtype=torch.float32, attn_implementation=attn)
+        shard_model(frozen_reference, compute_dtype=compute_dtype(config, world), cpu_offload=config.trainer.cpu_offload)
     processor = load_processor(cfg_model.path, min_pixels=cfg_data.min_pixels, max_pixels=cfg_data.max_pixels)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=config.trainer.lr,
-        betas=(0.9, 0.999),
-        weight_decay=config.trainer.weight_decay,
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    backend = build_backend(model, config, world)
     rows = load_rows(cfg_data.train_files, split=cfg_data.train_split, on_bad_row=cfg_data.on_bad_row)
     curriculum = config.curriculum
     stages = curriculum.preset if curriculum.stages is None else [vars(stage) for stage in curriculum.stages]
@@ -150,5 +144,5 @@ def build_components(config: RewardMapConfig, accelerator: Accelerator) -> Compo
         held_out = load_rows(cfg_data.val_files, split=cfg_data.val_split, on_bad_row=cfg_data.on_bad_row)
         val_rows = [held_out[i] for i in range(min(len(held_out), cfg_data.val_limit or len(held_out)))]
         val_root = held_out.root
-    engine = build_engine(config, model, processor)
-    return Components(config, model, optimizer, processor, engine, rows, stream, frozen_reference, val_rows, val_root)
+    engine = build_engine(config, backend.model, processor)
+    return Components(config, world, backend, processor, engine, rows, stream, frozen_reference, val_rows, val_root)

@@ -38,6 +38,7 @@ def warm_start(config: RewardMapConfig) -> RewardMapConfig:
     cfg, data = config.sft, config.data
     torch.manual_seed(config.trainer.seed)
     model = load_policy(config.model.path, dtype=None if config.model.dtype == "auto" else config.model.dtype)
+    device = model.device
     processor = load_processor(config.model.path, min_pixels=data.min_pixels, max_pixels=data.max_pixels)
     rows = load_rows(data.train_files, split=data.train_split, on_bad_row=data.on_bad_row)
     examples = [(row, text) for row in rows if (text := answer_text(row)) is not None]
@@ -54,8 +55,8 @@ def warm_start(config: RewardMapConfig) -> RewardMapConfig:
             Completion(processor.tokenizer.encode(text, add_special_tokens=False) + [end_id], text, [], True)
             for _, text in batch
         ]
-        ids, mask = completion_tensors(answers, processor.tokenizer.pad_token_id)
-        inputs = processor(text=prompts, images=images, padding=True, return_tensors="pt")
+        ids, mask = (t.to(device) for t in completion_tensors(answers, processor.tokenizer.pad_token_id))
+        inputs = processor(text=prompts, images=images, padding=True, return_tensors="pt").to(device)
         logprobs, _ = completion_logprobs(model, inputs, ids, mask, micro_batch_size=cfg.batch_size)
         loss = -aggregate(logprobs, mask, "token-mean", float(mask.sum()))
         loss.backward()

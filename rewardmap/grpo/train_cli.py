@@ -1,10 +1,12 @@
-"""`rewardmap train`: GRPO training from a YAML config plus `section.key=value` overrides."""
+"""`rewardmap train`: GRPO training from a YAML config plus `section.key=value` overrides, in one process or in each
+process of a `torchrun` world (`torchrun --nproc_per_node N -m rewardmap.cli train ...`)."""
 
 from __future__ import annotations
 
 import argparse
 
 from rewardmap.config import load_config
+from rewardmap.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,16 +21,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rewardmap.distributed import join_world
     from rewardmap.grpo.plot import plot_run
     from rewardmap.grpo.sft import warm_start
     from rewardmap.grpo.trainer import GRPOTrainer
 
     config = load_config(args.config or ["configs/reward_map.yaml"], args.overrides)
-    if config.sft.steps > 0:
-        config = warm_start(config)
-    trainer = GRPOTrainer(config)
-    final = trainer.fit()
-    if trainer.is_main:
-        print(f"final checkpoint: {final}")
-        print(f"reward curves: {plot_run(trainer.run_dir)}")
+    with join_world() as world:
+        if config.sft.steps > 0:
+            if world.size > 1:
+                raise InputError(
+                    f"the SFT warm start (sft.steps={config.sft.steps}) runs in one process only: run `rewardmap sft` "
+                    "first, then train from its model with model.path=<output_dir>/sft_model sft.steps=0"
+                )
+            config = warm_start(config)
+        trainer = GRPOTrainer(config, world)
+        final = trainer.fit()
+        if trainer.is_main:
+            print(f"final checkpoint: {final}")
+            print(f"reward curves: {plot_run(trainer.run_dir)}")
     return 0

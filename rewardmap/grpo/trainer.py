@@ -1,7 +1,9 @@
 """The multi-stage GRPO loop: curriculum batch -> rollouts -> reward -> group advantages -> clipped update.
 
 `GRPOTrainer.step` is one whole GRPO step, top to bottom; the math lives in `losses.py`, checkpoints in
-`checkpoint.py`, metrics in `metrics.py`. The same code runs on one CPU process and under `accelerate launch`.
+`checkpoint.py`, metrics in `metrics.py`, sharding and the optimizer in `backend.py`. The same code runs in one CPU
+process and in every process of a `torchrun` world: each rank trains its share of the step's prompts (whole groups),
+and the loss is normalised by the token count of the whole world, so it equals the loss of one process on all of them.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from tqdm import tqdm
 
-from rewardmap.config import RewardMapConfig, config_to_yaml
+from rewardmap.config import RewardMapConfig, TrainerConfig, config_to_yaml
+from rewardmap.distributed import World, all_gather_lists, all_reduce_sum
 from rewardmap.eval.report import summarize
 from rewardmap.eval.runner import evaluate_rows
 from rewardmap.grpo import checkpoint
@@ -26,7 +28,7 @@ from rewardmap.grpo.metrics import MetricsLogger, reward_metrics
 from rewardmap.grpo.setup import Components, build_components, row_image
 from rewardmap.models.logprobs import completion_logprobs
 from rewardmap.reward import score_batch
-from rewardmap.rollout import Sampling
+from rewardmap.rollout import Sampling, prompt_seed
 
 logger = logging.getLogger(__name__)
 
@@ -34,26 +36,27 @@ logger = logging.getLogger(__name__)
 class GRPOTrainer:
     """Owns the policy, reference, rollout engine, optimizer, curriculum stream and run directory of one run."""
 
-    def __init__(self, config: RewardMapConfig, accelerator: Accelerator | None = None) -> None:
+    def __init__(self, config: RewardMapConfig, world: World) -> None:
         self.config = config
-        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        self.world = world
         self.run_dir = Path(config.trainer.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(config_to_yaml(config))
-        self.parts: Components = build_components(config, self.accelerator)
+        if world.is_main:
+            (self.run_dir / "config.yaml").write_text(config_to_yaml(config))
+        self.parts: Components = build_components(config, world)
         self.step_count = 0
         self.metrics = MetricsLogger(self.run_dir, tensorboard=config.trainer.tensorboard, enabled=self.is_main)
 
     @property
     def is_main(self) -> bool:
-        return self.accelerator.is_main_process
+        return self.world.is_main
 
     def fit(self) -> Path:
         """Train until the curriculum (or trainer.max_steps) is done; returns the final checkpoint directory."""
         cfg = self.config.trainer
         resumed = checkpoint.resolve_resume(cfg.resume, self.run_dir)
         if resumed is not None:
-            state = checkpoint.load(resumed, self.parts.model, self.parts.optimizer, self.accelerator)
+            state = checkpoint.load(resumed, self.parts.backend, self.world)
             self.step_count = state["step"]
             self.parts.stream.load_state_dict(state["curriculum"])
             logger.info("resumed from %s at step %d", resumed, self.step_count)
@@ -77,17 +80,15 @@ class GRPOTrainer:
     def save(self) -> Path:
         """An atomic checkpoint of everything a resume needs; keeps the newest trainer.save_limit of them."""
         state = {"step": self.step_count, "curriculum": self.parts.stream.state_dict()}
-        path = checkpoint.save(
+        return checkpoint.save(
             self.run_dir,
             self.step_count,
-            self.parts.model,
-            self.parts.optimizer,
+            self.parts.backend,
             self.parts.processor,
             state,
-            self.accelerator,
+            self.world,
+            keep=self.config.trainer.save_limit,
         )
-        checkpoint.prune(self.run_dir, keep=self.config.trainer.save_limit)
-        return path
 
     def validate(self) -> dict[str, float]:
         """Greedy answers on the held-out rows, scored with the evaluation code: val/ accuracies."""
@@ -111,12 +112,15 @@ class GRPOTrainer:
         return {**metrics, "timing/validation_s": time.perf_counter() - start}
 
     def step(self, stage: int, indices: list[int]) -> dict[str, float]:
-        """One GRPO step on the rows `indices` of curriculum stage `stage`; returns its metrics."""
-        cfg, parts, n = self.config, self.parts, self.config.rollout.n
-        rows = [parts.rows[i] for i in indices]
+        """One GRPO step on the rows `indices` (the whole world's batch) of curriculum stage `stage`; its metrics."""
+        cfg, parts, world, n = self.config, self.parts, self.world, self.config.rollout.n
+        indices = whole_batch(indices, world.size)
+        mine = world.shard(indices, "prompts")
+        rows = [parts.rows[i] for i in indices[mine]]
         timings: dict[str, float] = {}
 
-        # 1. Rollouts: n completions per prompt, sampled with a per-step seed (so a resumed run samples the same).
+        # 1. Rollouts: n completions per prompt; a prompt's seed comes from (rollout.seed, step, its global index),
+        # so a resumed run samples the same, and so does any world size.
         with _timer(timings, "rollout"):
             prompts, images = parts.prompts_and_images(rows)
             parts.engine.sync_weights(parts.model)
@@ -125,12 +129,12 @@ class GRPOTrainer:
                 temperature=cfg.rollout.temperature,
                 top_p=cfg.rollout.top_p,
                 top_k=cfg.rollout.top_k,
-                seed=cfg.rollout.seed + self.step_count,
             )
-            groups = parts.engine.generate(prompts, images, n, sampling)
+            seeds = [prompt_seed(cfg.rollout.seed, self.step_count, i) for i in range(mine.start, mine.stop)]
+            groups = parts.engine.generate(prompts, images, n, sampling, seeds)
         completions = [completion for group in groups for completion in group]
 
-        # 2. Reward: the difficulty-aware detail reward on every completion.
+        # 2. Reward: the difficulty-aware detail reward on every completion; advantages within each (local) group.
         with _timer(timings, "reward"):
             samples = [row for row in rows for _ in range(n)]
             scores = score_batch(
@@ -142,12 +146,13 @@ class GRPOTrainer:
                 metro_root=cfg.data.metro_root,
             )
             rewards = torch.tensor([s.total for s in scores], dtype=torch.float32)
-            advantages = group_advantages(rewards, n, cfg.algorithm.adv_eps)
+            advantages = group_advantages(rewards, n, cfg.algorithm.adv_eps).to(world.device)
 
-        # 3. Tensors: prompts once (with their images), completions right-padded, sequence i -> prompt i // n.
+        # 3. Tensors on the model's device: prompts once (with their images), completions right-padded,
+        # sequence i -> prompt i // n.
         prompt_inputs = parts.prompt_inputs(prompts, images)
-        completion_ids, completion_mask = completion_tensors(completions, parts.pad_id)
-        prompt_of = torch.arange(len(completions)) // n
+        completion_ids, completion_mask = (t.to(world.device) for t in completion_tensors(completions, parts.pad_id))
+        prompt_of = torch.arange(len(completions), device=world.device) // n
         micro = cfg.trainer.micro_batch_size
         slices = [slice(i, i + micro) for i in range(0, len(completions), micro)]
 
@@ -162,7 +167,7 @@ class GRPOTrainer:
                         completion_ids[part],
                         completion_mask[part],
                         micro_batch_size=micro,
-                        temperature=max(cfg.rollout.temperature, 1e-6),
+                        temperature=cfg.rollout.temperature,
                         prompt_index=prompt_of[part],
                     )[0].float()
 
@@ -170,16 +175,21 @@ class GRPOTrainer:
         with _timer(timings, "update"):
             stats = self._update(prompt_inputs, prompt_of, completion_ids, completion_mask, advantages, ref_logprobs)
 
+        # 6. Metrics of the whole world's batch (every rank computes them; the main rank logs them).
+        all_scores = all_gather_lists(scores)
+        tokens, finished = all_reduce_sum([completion_mask.sum().item(), sum(c.finished for c in completions)], world.device)
         seconds = sum(timings.values())
         return {
-            **reward_metrics(scores, rows, n, stage),
+            **reward_metrics(all_scores, [parts.rows[i] for i in indices], n, stage),
             **stats,
-            "response/length_mean": completion_mask.sum(-1).float().mean().item(),
-            "response/finished_fraction": sum(c.finished for c in completions) / len(completions),
-            "optim/lr": parts.optimizer.param_groups[0]["lr"],
+            "batch/sequences": float(len(all_scores)),
+            "batch/sequences_per_rank": float(len(completions)),
+            "response/length_mean": tokens / len(all_scores),
+            "response/finished_fraction": finished / len(all_scores),
+            "optim/lr": learning_rate(cfg.trainer, self.step_count),
             **{f"timing/{name}_s": value for name, value in timings.items()},
             "timing/step_s": seconds,
-            "timing/tokens_per_s": completion_mask.sum().item() / max(seconds, 1e-9),
+            "timing/tokens_per_s": tokens / max(seconds, 1e-9),
         }
 
     def _update(
@@ -191,19 +201,19 @@ class GRPOTrainer:
         advantages: torch.Tensor,
         ref_logprobs: torch.Tensor,
     ) -> dict[str, float]:
-        """Accumulate the GRPO loss over micro-batches, clip, step; returns loss/KL/entropy/clip/grad metrics."""
-        cfg, parts = self.config, self.parts
+        """Accumulate the GRPO loss over micro-batches, clip, step; returns loss/KL/entropy/clip/grad metrics.
+
+        The tensors are this rank's share of the batch; the normaliser (tokens or sequences) is the whole world's, so
+        the gradient summed over ranks is the gradient of the single-process loss on the whole batch.
+        """
+        cfg, parts, world = self.config, self.parts, self.world
         algo, micro = cfg.algorithm, cfg.trainer.micro_batch_size
         sequences = completion_ids.shape[0]
-        normalizer = float(completion_mask.sum()) if algo.loss_agg == "token-mean" else float(sequences)
-        parts.set_lr(self.step_count)
-        totals = {
-            "loss/policy": 0.0,
-            "loss/kl": 0.0,
-            "loss/entropy": 0.0,
-            "loss/clip_fraction": 0.0,
-            "loss/total": 0.0,
-        }
+        tokens, all_sequences = all_reduce_sum([completion_mask.sum().item(), sequences], world.device)
+        normalizer = tokens if algo.loss_agg == "token-mean" else all_sequences
+        parts.backend.set_lr(learning_rate(cfg.trainer, self.step_count))
+        names = ("loss/policy", "loss/kl", "loss/entropy", "loss/clip_fraction", "loss/total")
+        totals = dict.fromkeys(names, 0.0)
         for start in range(0, sequences, micro):
             part = slice(start, start + micro)
             mask = completion_mask[part]
@@ -213,7 +223,7 @@ class GRPOTrainer:
                 completion_ids[part],
                 mask,
                 micro_batch_size=micro,
-                temperature=max(cfg.rollout.temperature, 1e-6),
+                temperature=cfg.rollout.temperature,
                 with_entropy=algo.entropy_coef > 0,
                 prompt_index=prompt_of[part],
             )
@@ -225,18 +235,29 @@ class GRPOTrainer:
             if entropy is not None:
                 per_token = per_token - algo.entropy_coef * entropy
             loss = aggregate(per_token, mask, algo.loss_agg, normalizer)
-            self.accelerator.backward(loss)
-            share = mask.sum().item() / max(float(completion_mask.sum()), 1.0)
+            parts.backend.backward(loss * world.size)  # backends average gradients over ranks; we want their sum
+            share = mask.sum().item() / max(tokens, 1.0)
             totals["loss/total"] += loss.item()
             totals["loss/policy"] += masked_mean(pg_loss.detach(), mask).item() * share
             totals["loss/kl"] += masked_mean(kl.detach(), mask).item() * share
             totals["loss/clip_fraction"] += masked_mean(clipped, mask).item() * share
             if entropy is not None:
                 totals["loss/entropy"] += masked_mean(entropy.detach(), mask).item() * share
-        grad_norm = self.accelerator.clip_grad_norm_(parts.trainable_parameters(), cfg.trainer.max_grad_norm)
-        parts.optimizer.step()
-        parts.optimizer.zero_grad(set_to_none=True)
-        return {**totals, "optim/grad_norm": float(grad_norm)}
+        grad_norm = parts.backend.step(cfg.trainer.max_grad_norm)
+        summed = all_reduce_sum([totals[name] for name in names], world.device)
+        return {**dict(zip(names, summed, strict=True)), "optim/grad_norm": grad_norm}
+
+
+def learning_rate(trainer: TrainerConfig, step: int) -> float:
+    """Linear warm-up over trainer.warmup_steps, then constant (the released schedule)."""
+    scale = min(1.0, (step + 1) / trainer.warmup_steps) if trainer.warmup_steps else 1.0
+    return trainer.lr * scale
+
+
+def whole_batch(indices: list[int], world_size: int) -> list[int]:
+    """`indices` padded with its own first rows to a multiple of the world size (a stage's last, partial batch)."""
+    missing = -len(indices) % world_size
+    return indices + [indices[i % len(indices)] for i in range(missing)]
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -19,6 +20,11 @@ class Sampling:
     top_p: float = 1.0
     top_k: int = -1
     seed: int = 0
+
+
+def prompt_seed(seed: int, step: int, index: int) -> int:
+    """The sampling seed of the prompt at `index` of a step's global batch: the same whichever rank draws it."""
+    return int(np.random.SeedSequence([seed, step, index]).generate_state(1, dtype=np.uint32)[0])
 
 
 @dataclass
@@ -36,9 +42,15 @@ class RolloutEngine(Protocol):
     """Samples completions for rendered prompts (chat template applied) with one image each."""
 
     def generate(
-        self, prompts: Sequence[str], images: Sequence[Image.Image], n: int, sampling: Sampling
+        self,
+        prompts: Sequence[str],
+        images: Sequence[Image.Image],
+        n: int,
+        sampling: Sampling,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        """n completions for each prompt, in prompt order."""
+        """n completions for each prompt, in prompt order. Prompt i samples with `seeds[i]` (default:
+        `prompt_seed(sampling.seed, 0, i)`), so its samples do not depend on the other prompts of the call."""
         ...
 
     def sync_weights(self, model: torch.nn.Module) -> None:

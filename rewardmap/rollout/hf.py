@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from PIL import Image
 
-from rewardmap.rollout.base import Completion, Sampling
+from rewardmap.rollout.base import Completion, Sampling, prompt_seed
 
 
 class HFRolloutEngine:
@@ -27,15 +28,24 @@ class HFRolloutEngine:
 
     @torch.no_grad()
     def generate(
-        self, prompts: Sequence[str], images: Sequence[Image.Image], n: int, sampling: Sampling
+        self,
+        prompts: Sequence[str],
+        images: Sequence[Image.Image],
+        n: int,
+        sampling: Sampling,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         if len(prompts) != len(images):
             raise ValueError(f"{len(prompts)} prompts but {len(images)} images: give one image per prompt")
+        seeds = seeds if seeds is not None else [prompt_seed(sampling.seed, 0, i) for i in range(len(prompts))]
+        # Sampling: one call per prompt under its own seed, so a prompt's samples do not depend on its batch-mates
+        # (nor on the rank that drew it). Greedy answers depend on nothing: batch them.
+        size = self.batch_size if sampling.temperature <= 0 else 1
         results: list[list[Completion]] = []
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sampling.seed)
-            for start in range(0, len(prompts), self.batch_size):
-                end = start + self.batch_size
+        with torch.random.fork_rng(devices=[self.model.device] if self.model.device.type == "cuda" else []):
+            for start in range(0, len(prompts), size):
+                torch.manual_seed(seeds[start])
+                end = start + size
                 results.extend(self._generate_batch(prompts[start:end], images[start:end], n, sampling))
         return results
 
@@ -59,6 +69,7 @@ class HFRolloutEngine:
             return_dict_in_generate=True,
             output_logits=True,
             pad_token_id=self.pad_id,
+            synced_gpus=dist.is_initialized() and dist.get_world_size() > 1,  # sharded weights: ranks step together
         )
         self.model.train(was_training)
         new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]

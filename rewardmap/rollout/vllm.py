@@ -11,12 +11,12 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
 from rewardmap.config import RewardMapConfig
-from rewardmap.rollout.base import Completion, Sampling
+from rewardmap.distributed import full_tensor
+from rewardmap.rollout.base import Completion, Sampling, prompt_seed
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +30,12 @@ def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
             for name, tensor in base.state_dict().items():
                 if "lora_" in name:
                     continue
-                yield name.replace(".base_layer.", "."), tensor.detach()
+                yield name.replace(".base_layer.", "."), full_tensor(tensor.detach())
         finally:
             model.unmerge_adapter()
         return
     for name, tensor in model.state_dict().items():
-        yield name, tensor.detach()
+        yield name, full_tensor(tensor.detach())
 
 
 def _physical_memory() -> int:
@@ -119,7 +119,12 @@ class VLLMRolloutEngine:
         self.llm.llm_engine.reset_encoder_cache()
 
     def generate(
-        self, prompts: Sequence[str], images: Sequence[Image.Image], n: int, sampling: Sampling
+        self,
+        prompts: Sequence[str],
+        images: Sequence[Image.Image],
+        n: int,
+        sampling: Sampling,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         from vllm import SamplingParams
 
@@ -127,7 +132,7 @@ class VLLMRolloutEngine:
             raise ValueError(f"{len(prompts)} prompts but {len(images)} images: give one image per prompt")
         self._wake()
         # One seed per prompt (vLLM seeds each request alone): a shared seed would give every prompt the same noise.
-        seeds = np.random.SeedSequence(sampling.seed).generate_state(len(prompts), dtype=np.uint32).tolist()
+        seeds = seeds if seeds is not None else [prompt_seed(sampling.seed, 0, i) for i in range(len(prompts))]
         params = [
             SamplingParams(
                 n=n,

@@ -1,0 +1,121 @@
+"""One process of a training world: process group, device, FSDP2 sharding, collectives, full tensors for export.
+
+`torchrun` starts N processes per node on M nodes and sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;
+a process started without it joins a world of one (so the same code path runs in a test, on one CPU, on 64 GPUs).
+The backend is gloo on CPU and nccl on GPU (gloo beside it for CPU objects); nothing else here asks which one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+logger = logging.getLogger(__name__)
+
+# Sharding units: each decoder layer and vision block, then the vision tower (the trainer calls it on its own to
+# encode a map once per group), then the root.
+BLOCK_CLASSES = ("Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock")
+VISION_CLASSES = ("Qwen2_5_VisionTransformerPretrainedModel",)
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process stands: its rank among `size` processes, its rank on its node, its device."""
+
+    rank: int
+    size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, items: Sequence, name: str = "items") -> slice:
+        """This rank's contiguous share of `items` (whole items; their count must divide by the world size)."""
+        if len(items) % self.size:
+            raise ValueError(f"{len(items)} {name} do not split evenly over {self.size} processes")
+        share = len(items) // self.size
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+
+@contextlib.contextmanager
+def join_world() -> Iterator[World]:
+    """Joins the torchrun world from the environment, or makes a world of one; leaves it (destroying a group it
+    made) on exit. A group someone else made (a test, a caller) is used as it is and left alone."""
+    made = not dist.is_initialized()
+    on_gpu = torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if on_gpu:
+        torch.cuda.set_device(local_rank)
+    if made:
+        backend = "cpu:gloo,cuda:nccl" if on_gpu else "gloo"
+        if "WORLD_SIZE" in os.environ:
+            dist.init_process_group(backend)
+        else:  # launched without torchrun: a world of one, no network port needed
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    world = World(
+        rank=dist.get_rank(),
+        size=dist.get_world_size(),
+        local_rank=local_rank,
+        device=torch.device("cuda", local_rank) if on_gpu else torch.device("cpu"),
+    )
+    if world.is_main:
+        logger.info("world of %d process(es), backend %s", world.size, dist.get_backend())
+    try:
+        yield world
+    finally:
+        if made:
+            dist.destroy_process_group()
+
+
+def shard_model(
+    model: torch.nn.Module, *, compute_dtype: torch.dtype, cpu_offload: bool = False
+) -> torch.nn.Module:
+    """FSDP2: `fully_shard` on each decoder layer and vision block, the vision tower, then the root, in place.
+
+    Parameters stay in their loaded dtype (fp32: the master weights and the optimizer state) and are cast to
+    `compute_dtype` for forward and backward; gradients are reduced in fp32.
+    """
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    options = {"mp_policy": policy, "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
+    for classes in (BLOCK_CLASSES, VISION_CLASSES):
+        for module in [m for m in model.modules() if type(m).__name__ in classes]:
+            fully_shard(module, **options)
+    fully_shard(model, **options)
+    # FSDP2 picks its root at the first forward; the trainer calls the vision tower alone before the root's forward,
+    # so settle the root now.
+    model._get_fsdp_state()._lazy_init()
+    return model
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind a shard (collective: every rank calls it), or the tensor itself when unsharded."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]:
+    """The sums over all ranks of `values` (fp64, so token counts stay exact)."""
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def all_gather_lists(items: list) -> list:
+    """Every rank's `items` (picklable, produced by this program), concatenated in rank order."""
+    gathered: list[list | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
+def barrier() -> None:
+    """Waits until every rank arrives."""
+    dist.barrier()
