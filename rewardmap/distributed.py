@@ -77,9 +77,7 @@ def join_world() -> Iterator[World]:
             dist.destroy_process_group()
 
 
-def shard_model(
-    model: torch.nn.Module, *, compute_dtype: torch.dtype, cpu_offload: bool = False
-) -> torch.nn.Module:
+def shard_model(model: torch.nn.Module, *, compute_dtype: torch.dtype, cpu_offload: bool = False) -> torch.nn.Module:
     """FSDP2: `fully_shard` on each decoder layer and vision block, the vision tower, then the root, in place.
 
     Parameters stay in their loaded dtype (fp32: the master weights and the optimizer state) and are cast to
@@ -90,10 +88,12 @@ def shard_model(
     for classes in (BLOCK_CLASSES, VISION_CLASSES):
         for module in [m for m in model.modules() if type(m).__name__ in classes]:
             fully_shard(module, **options)
-    fully_shard(model, **options)
+    # The root is the Hugging Face model itself, also under LoRA: peft's generate calls it, not the wrapper.
+    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    fully_shard(root, **options)
     # FSDP2 picks its root at the first forward; the trainer calls the vision tower alone before the root's forward,
     # so settle the root now.
-    model._get_fsdp_state()._lazy_init()
+    root._get_fsdp_state()._lazy_init()
     return model
 
 

@@ -48,7 +48,9 @@ class FSDP2Backend:
     """FSDP2 shards (fp32 master weights, compute in model.dtype) and AdamW over them; checkpoints through DCP."""
 
     def __init__(self, model: torch.nn.Module, config: RewardMapConfig, world: World) -> None:
-        self.model = shard_model(model, compute_dtype=compute_dtype(config, world), cpu_offload=config.trainer.cpu_offload)
+        self.model = shard_model(
+            model, compute_dtype=compute_dtype(config, world), cpu_offload=config.trainer.cpu_offload
+        )
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=config.trainer.lr,

@@ -18,14 +18,12 @@ from pathlib import Path
 
 import torch
 
+from rewardmap.checkpoint_files import MARKER, MODEL_FILES, SHARDS, verify
 from rewardmap.distributed import World, barrier
 from rewardmap.errors import InputError
 from rewardmap.grpo.backend import TrainBackend
 
 logger = logging.getLogger(__name__)
-
-MARKER = "COMPLETE"
-SHARDS = "sharded"
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -46,7 +44,7 @@ def save(
     torch.save(_rng_state(), tmp / "rng" / f"rank_{world.rank:05d}.pt")
     barrier()
     if world.is_main:
-        _save_model_files(backend.model, processor, tmp / "model")
+        _save_model_files(backend.model, processor, tmp / MODEL_FILES)
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "world_size": world.size}, indent=1))
         files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / MARKER).write_text(json.dumps({"step": step, "files": files}, indent=1))
@@ -75,25 +73,6 @@ def _rng_state() -> dict[str, torch.Tensor]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
-
-
-def verify(path: Path) -> dict:
-    """The checkpoint's COMPLETE record, after checking every listed file is there with its size; else ValueError."""
-    path = Path(path)
-    marker = path / MARKER
-    if not marker.is_file():
-        raise InputError(f"checkpoint {path} is incomplete: no {MARKER} marker (the save was interrupted); delete it")
-    try:
-        record = json.loads(marker.read_text())
-        files = record["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise InputError(f"checkpoint {path} has a corrupt {MARKER} marker ({error}); delete the checkpoint") from None
-    for name, size in files.items():
-        file = path / name
-        if not file.is_file() or file.stat().st_size != size:
-            found = file.stat().st_size if file.is_file() else "missing"
-            raise InputError(f"checkpoint {path} is corrupt: {name} should have {size} bytes, found {found}")
-    return record
 
 
 def latest(run_dir: Path) -> Path | None:

@@ -123,8 +123,12 @@ def build_components(config: RewardMapConfig, world: World) -> Components:
             model, rank=cfg_model.lora_rank, alpha=cfg_model.lora_alpha, target_modules=cfg_model.lora_target_modules
         )
     elif config.algorithm.kl_coef > 0:
-        frozen_reference = load_reference(cfg_model.path, device=world.device, dtype=torch.float32, attn_implementation=attn)
-        shard_model(frozen_reference, compute_dtype=compute_dtype(config, world), cpu_offload=config.trainer.cpu_offload)
+        frozen_reference = load_reference(
+            cfg_model.path, device=world.device, dtype=torch.float32, attn_implementation=attn
+        )
+        shard_model(
+            frozen_reference, compute_dtype=compute_dtype(config, world), cpu_offload=config.trainer.cpu_offload
+        )
     processor = load_processor(cfg_model.path, min_pixels=cfg_data.min_pixels, max_pixels=cfg_data.max_pixels)
     backend = build_backend(model, config, world)
     rows = load_rows(cfg_data.train_files, split=cfg_data.train_split, on_bad_row=cfg_data.on_bad_row)

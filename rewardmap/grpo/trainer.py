@@ -177,7 +177,9 @@ class GRPOTrainer:
 
         # 6. Metrics of the whole world's batch (every rank computes them; the main rank logs them).
         all_scores = all_gather_lists(scores)
-        tokens, finished = all_reduce_sum([completion_mask.sum().item(), sum(c.finished for c in completions)], world.device)
+        tokens, finished = all_reduce_sum(
+            [completion_mask.sum().item(), sum(c.finished for c in completions)], world.device
+        )
         seconds = sum(timings.values())
         return {
             **reward_metrics(all_scores, [parts.rows[i] for i in indices], n, stage),

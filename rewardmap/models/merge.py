@@ -6,7 +6,8 @@ The output (config.json, safetensors shards, generation_config.json, tokenizer a
 template) is the layout transformers and vLLM load (LLaMA-Factory and VLMEvalKit load through transformers). It is
 written to a temporary sibling directory and renamed into place, so a crash never leaves a half-written OUT_DIR.
 Sharded checkpoints are read without a process group; their `.metadata` (DCP) and DeepSpeed files are pickles written
-by this project's trainer, the only pickles read here.
+by this project's trainer, the only pickles read here. A LoRA run's shards hold only the adapters: they are read into
+the base model (model.path of the run, or --base-model) wrapped with the saved adapter config, then merged.
 """
 
 import argparse
@@ -23,14 +24,14 @@ import torch.distributed.checkpoint as dcp
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig, PreTrainedModel
 
-from rewardmap.grpo import checkpoint
+from rewardmap.checkpoint_files import MARKER, MODEL_FILES, SHARDS, verify
+from rewardmap.errors import InputError
 from rewardmap.models.loading import PROCESSOR_FILES, check_model_dir, load_processor
 from rewardmap.models.logprobs import build_prompt_inputs
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-FSDP_DIR = "pytorch_model_fsdp_0"  # accelerate's save_state name for the first model's DCP shards
 NOT_PROCESSOR_FILES = ("config.json", "generation_config.json", "adapter_config.json")
 VERIFY_QUESTION = "Which line connects the two stations, and how many stops are there?"
 
@@ -84,14 +85,16 @@ def load_checkpoint_model(
     ckpt = Path(ckpt_dir)
     if (ckpt / "adapter_config.json").is_file():
         return _load_lora(ckpt, base_model, dtype, merge_lora)
-    checkpoint.verify(ckpt)
-    model_dir = ckpt / "model"
-    if (ckpt / "sharded").is_dir():
-        return _load_sharded(ckpt, base_model, dtype), model_dir
-    if (model_dir / "adapter_config.json").is_file():
-        return _load_lora(model_dir, base_model, dtype, merge_lora)
-    model = AutoModelForImageTextToText.from_pretrained(check_model_dir(model_dir), dtype=dtype)
-    return model.eval(), model_dir
+    if not (ckpt / MARKER).is_file() or not (ckpt / SHARDS).is_dir():
+        raise InputError(
+            f"{ckpt} is neither a LoRA adapter directory (adapter_config.json) nor a complete training checkpoint "
+            f"({SHARDS}/ and {MARKER}); pass <run>/checkpoints/step_N"
+        )
+    verify(ckpt)
+    model = _load_sharded(ckpt, base_model)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload() if merge_lora else model
+    return model.to(dtype).eval(), ckpt / MODEL_FILES
 
 
 def verify_merge(ckpt_dir: str | Path, out_dir: str | Path, *, base_model: str | Path | None = None) -> float:
@@ -161,89 +164,103 @@ def _load_lora(
     return result.eval(), adapter_dir if has_processor else Path(base)
 
 
-def _load_sharded(ckpt: Path, base_model: str | Path | None, dtype: torch.dtype) -> PreTrainedModel:
-    """The model of an FSDP (DCP) or DeepSpeed checkpoint, built from the config in model/ or --base-model."""
-    sharded = ckpt / "sharded"
-    config_dir = ckpt / "model" if (ckpt / "model" / "config.json").is_file() else base_model
-    if config_dir is None:
-        raise FileNotFoundError(
-            f"sharded checkpoint {ckpt} has no model/config.json; pass --base-model DIR (the model the run started "
-            "from, model.path in the run's config.yaml)"
-        )
-    config = AutoConfig.from_pretrained(config_dir)
-    model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
-    if (Path(config_dir) / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(config_dir)
-    if (sharded / FSDP_DIR).is_dir():
-        _load_fsdp(sharded, model)
+def _load_sharded(ckpt: Path, base_model: str | Path | None) -> torch.nn.Module:
+    """The fp32 model of a training checkpoint: all weights from the shards, or (LoRA) the base model from
+    model.path / --base-model wrapped with the saved adapter config and the adapters from the shards."""
+    model_dir, sharded = ckpt / MODEL_FILES, ckpt / SHARDS
+    adapter_config = model_dir / "adapter_config.json"
+    if adapter_config.is_file():
+        from peft import LoraConfig, get_peft_model
+
+        base = base_model or json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        if not base or not Path(base).is_dir():
+            raise FileNotFoundError(
+                f"the LoRA base model {base!r} named in {adapter_config} is not a local directory; pass "
+                "--base-model DIR (model.path of the run)"
+            )
+        base_weights = AutoModelForImageTextToText.from_pretrained(check_model_dir(base), dtype=torch.float32)
+        model = get_peft_model(base_weights, LoraConfig.from_pretrained(model_dir))
+    else:
+        config_dir = model_dir if (model_dir / "config.json").is_file() else base_model
+        if config_dir is None:
+            raise FileNotFoundError(
+                f"checkpoint {ckpt} has no {MODEL_FILES}/config.json; pass --base-model DIR (the model the run "
+                "started from, model.path in the run's config.yaml)"
+            )
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(config_dir), dtype=torch.float32)
+        if (Path(config_dir) / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(config_dir)
+    if (sharded / ".metadata").is_file():
+        _load_dcp(sharded, model)
     elif (sharded / "latest").is_file() or any(sharded.glob("*/*_model_states.pt")):
         _load_deepspeed(sharded, model)
     else:
-        raise ValueError(
-            f"{sharded} holds neither FSDP shards ({FSDP_DIR}/) nor a DeepSpeed checkpoint (latest, "
-            "*/*_model_states.pt); pass the step_N directory a distributed run wrote"
+        raise InputError(
+            f"{sharded} holds neither torch distributed checkpoint shards (.metadata) nor a DeepSpeed checkpoint "
+            "(latest, */*_model_states.pt); pass the step_N directory a training run wrote"
         )
-    return model.eval()
+    return model
 
 
-def _load_fsdp(sharded: Path, model: PreTrainedModel) -> None:
-    """Fills `model` in place from accelerate's DCP shards, after checking every rank's shard file is there."""
-    shard_dir = sharded / FSDP_DIR
-    metadata = dcp.FileSystemReader(shard_dir).read_metadata()
+def _load_dcp(sharded: Path, model: torch.nn.Module) -> None:
+    """Fills `model` in place from the trainer's torch distributed checkpoint (every rank's shard file checked)."""
+    metadata = dcp.FileSystemReader(sharded).read_metadata()
     expected = {info.relative_path for info in metadata.storage_data.values()}
-    missing = sorted(name for name in expected if not (shard_dir / name).is_file())
+    missing = sorted(name for name in expected if not (sharded / name).is_file())
     if missing:
-        raise ValueError(
-            f"checkpoint {shard_dir} is incomplete: shard files {missing} are missing; copy every file of the "
+        raise InputError(
+            f"checkpoint {sharded} is incomplete: shard files {missing} are missing; copy every file of the "
             "checkpoint from the machine that trained it"
         )
-    ranks = len({name.split("_")[2] for name in expected})  # files are __<rank>_<thread>.distcp
-    on_disk = len({path.name.split("_")[2] for path in shard_dir.glob("__*_*.distcp")})
-    processes = len(list(sharded.glob("random_states_*.pkl"))) or ranks
-    if not ranks == on_disk == processes:
-        raise ValueError(
-            f"checkpoint {shard_dir} mixes world sizes: its metadata names {ranks} ranks' shards, the directory holds "
-            f"{on_disk} ranks' shard files and {processes} ranks' random states; copy one save's files together"
+    on_disk = {path.name for path in sharded.glob("__*_*.distcp")}
+    if on_disk != expected:
+        raise InputError(
+            f"checkpoint {sharded} mixes saves: its metadata names shard files {sorted(expected)}, the folder holds "
+            f"{sorted(on_disk)}; copy one save's files together"
         )
-    keys = list(metadata.state_dict_metadata)
-    if any(".lora_A." in key for key in keys):
-        raise ValueError(
-            f"checkpoint {shard_dir} holds a LoRA model saved sharded, which has no adapter_config.json to merge "
-            "with; train LoRA unsharded (one process or DDP) so model/ holds the adapter"
-        )
+    saved = {key for key in metadata.state_dict_metadata if key.startswith("model.")}
+    # A LoRA run saves only its adapters (the frozen base comes from model.path); a full run saves every weight.
     state = {f"model.{name}": tensor for name, tensor in model.state_dict().items()}
+    if hasattr(model, "peft_config"):
+        state = {key: tensor for key, tensor in state.items() if key in saved}
     with warnings.catch_warnings():  # the single-process read is intended; DCP warns about it on every call
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         try:
-            dcp.load(state, storage_reader=dcp.FileSystemReader(shard_dir), no_dist=True)
+            dcp.load(state, storage_reader=dcp.FileSystemReader(sharded), no_dist=True)
         except dcp.CheckpointException as error:  # a key missing from the shards, or another shape
             cause = next(iter(error.failures.values()), error)
-            raise ValueError(
-                f"checkpoint {shard_dir} does not match the model built from its config ({cause}); pass the run's "
+            raise InputError(
+                f"checkpoint {sharded} does not match the model built from its config ({cause}); pass the run's "
                 "base model as --base-model"
             ) from None
-    logger.info("read %d tensors of %d ranks' FSDP shards from %s", len(state), ranks, shard_dir)
+    logger.info("read %d tensors of %d shard files from %s", len(state), len(expected), sharded)
 
 
-def _load_deepspeed(sharded: Path, model: PreTrainedModel) -> None:
-    """Fills `model` from a DeepSpeed ZeRO-2/3 checkpoint with DeepSpeed's own fp32 consolidation."""
+def _load_deepspeed(sharded: Path, model: torch.nn.Module) -> None:
+    """Fills `model` in place from the trainer's DeepSpeed ZeRO-2/3 checkpoint, which DeepSpeed's zero_to_fp32 rebuilds
+    in fp32 from every rank's optimizer partitions; a LoRA run's checkpoint holds only the adapters."""
     try:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     except ImportError:
-        raise ValueError(
+        raise InputError(
             f"{sharded} is a DeepSpeed checkpoint and merging it needs DeepSpeed's zero_to_fp32: pip install deepspeed"
         ) from None
     try:
         state = get_fp32_state_dict_from_zero_checkpoint(str(sharded))
     except (ValueError, FileNotFoundError) as error:
-        raise ValueError(f"DeepSpeed checkpoint {sharded} cannot be consolidated: {error}") from None
+        raise InputError(
+            f"DeepSpeed checkpoint {sharded} cannot be consolidated ({error}); copy every file of the checkpoint from "
+            "the machine that trained it"
+        ) from None
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if model.config.get_text_config().tie_word_embeddings else set()
-    if unexpected or set(missing) - tied:
-        raise ValueError(
-            f"DeepSpeed checkpoint {sharded} does not match the model: missing {missing[:3]}, "
+    # Every trainable weight must come from the checkpoint; a tied lm_head is the embedding (listed once here).
+    absent = sorted({name for name, param in model.named_parameters() if param.requires_grad} & set(missing))
+    if unexpected or absent:
+        raise InputError(
+            f"DeepSpeed checkpoint {sharded} does not match the model built from its config: missing {absent[:3]}, "
             f"unexpected {unexpected[:3]}; pass the run's base model as --base-model"
         )
+    logger.info("read %d tensors of a DeepSpeed checkpoint from %s", len(state), sharded)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,175 @@
+"""Data-parallel GRPO in real `torchrun` worlds of 2 CPU processes (gloo): the update is invariant to the world
+size, ranks train disjoint whole groups, a SIGKILLed 2-process run resumes exactly, two "nodes" train together, LoRA
+trains and merges, and `rewardmap merge` reads exactly what the trainer wrote."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText
+
+from rewardmap.distributed import World
+from rewardmap.grpo import checkpoint
+from rewardmap.grpo.metrics import read_metrics
+from rewardmap.grpo.trainer import whole_batch
+from rewardmap.models.merge import load_checkpoint_model, merge_checkpoint
+
+from .test_grpo_trainer import DEMO, REPO, small_overrides
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(nproc: int, *args: str, nnodes: int = 1, node_rank: int = 0, port: int | None = None) -> list[str]:
+    """A torchrun command line on 127.0.0.1 (static rendezvous)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--nnodes={nnodes}",
+        f"--node_rank={node_rank}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port or free_port()}",
+        *args,
+    ]
+
+
+def train_args(*overrides: str) -> list[str]:
+    return ["-m", "rewardmap.cli", "--log-level", "WARNING", "train", "--config", str(DEMO), *overrides]
+
+
+def test_ranks_take_disjoint_whole_groups():
+    indices = [7, 3, 9, 1, 4, 8]
+    shares = [indices[World(rank, 2, rank, torch.device("cpu")).shard(indices, "prompts")] for rank in (0, 1)]
+    assert shares == [[7, 3, 9], [1, 4, 8]]
+    assert whole_batch([5, 6, 7], 2) == [5, 6, 7, 5]  # a stage's last, odd batch: padded with its own rows
+    assert whole_batch([5, 6], 2) == [5, 6]
+    with pytest.raises(ValueError, match="5 prompts do not split evenly over 2 processes"):
+        World(0, 2, 0, torch.device("cpu")).shard([1, 2, 3, 4, 5], "prompts")
+
+
+def test_update_and_merge_are_invariant_to_world_size(tiny_model_dir, synth_dataset_dir, tmp_path):
+    script = str(REPO / "tests" / "dp_update_script.py")
+    for size in (1, 2):
+        out = tmp_path / f"world{size}"
+        command = torchrun(size, script, str(tiny_model_dir), str(synth_dataset_dir), str(out))
+        subprocess.run(command, env=ENV, check=True)
+    one, two = (json.loads((tmp_path / f"world{n}" / "stats.json").read_text()) for n in (1, 2))
+    assert one["trained_prompts"][0] == two["trained_prompts"][0] + two["trained_prompts"][1]
+    for key in ("loss/total", "loss/policy", "loss/kl", "loss/entropy", "optim/grad_norm"):
+        assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
+    assert one["loss/kl"] > 0 and one["optim/grad_norm"] > 0
+    weights_one, weights_two = (load_file(tmp_path / f"world{n}" / "weights.safetensors") for n in (1, 2))
+    base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
+    moved = max((weights_one[k] - base[k]).abs().max().item() for k in weights_one)
+    assert moved > 1e-4, "the update must move the weights for the comparison to mean anything"
+    difference = max((weights_one[k] - weights_two[k]).abs().max().item() for k in weights_one)
+    assert difference <= 1e-5, difference
+    # The merge of the 2-process checkpoint gives the trained model's logits.
+    merged = merge_checkpoint(two["checkpoint"], tmp_path / "merged", dtype="fp32")
+    trained, _ = load_checkpoint_model(two["checkpoint"], dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_pretrained(merged, dtype=torch.float32).eval()
+    assert max((model.state_dict()[k] - weights_two[k]).abs().max().item() for k in weights_two) == 0.0
+    ids = torch.tensor([[9707, 1879, 374, 220, 16, 13]])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, trained(input_ids=ids).logits)
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    model, _ = load_checkpoint_model(ckpt, dtype=torch.float32)
+    return model.state_dict()
+
+
+def test_two_process_run_resumes_exactly_after_sigkill(tiny_model_dir, synth_dataset_dir, tmp_path):
+    def overrides(out: Path) -> list[str]:
+        return small_overrides(tiny_model_dir, synth_dataset_dir, out, "trainer.save_freq=1", "trainer.save_limit=5")
+
+    straight = tmp_path / "straight"
+    subprocess.run(torchrun(2, *train_args(*overrides(straight))), env=ENV, check=True, cwd=REPO)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(torchrun(2, *train_args(*overrides(killed))), env=ENV, cwd=REPO, start_new_session=True)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step_000002" / "COMPLETE").is_file():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks, at once
+    process.wait()
+    subprocess.run(torchrun(2, *train_args(*overrides(killed))), env=ENV, check=True, cwd=REPO)
+
+    first = {record["step"]: record for record in read_metrics(straight)}
+    second = {record["step"]: record for record in read_metrics(killed)}
+    assert sorted(second) == [1, 2, 3, 4]
+    assert first[1]["batch/sequences"] == 4 and first[1]["batch/sequences_per_rank"] == 2
+    for step in (3, 4):
+        for key in ("loss/total", "loss/kl", "reward/mean", "response/length_mean", "optim/grad_norm"):
+            assert second[step][key] == first[step][key], (step, key)
+    final_a, final_b = _weights(checkpoint.latest(straight)), _weights(checkpoint.latest(killed))
+    assert all(torch.equal(final_a[name], final_b[name]) for name in final_a), "resumed weights differ"
+    assert json.loads((checkpoint.latest(killed) / "trainer_state.json").read_text())["world_size"] == 2
+
+
+def test_two_nodes_on_one_machine_train_together(tiny_model_dir, synth_dataset_dir, tmp_path):
+    out = tmp_path / "run"
+    args = train_args(*small_overrides(tiny_model_dir, synth_dataset_dir, out, "trainer.max_steps=2"))
+    port = free_port()
+    nodes = [
+        subprocess.Popen(torchrun(1, *args, nnodes=2, node_rank=rank, port=port), env=ENV, cwd=REPO) for rank in (0, 1)
+    ]
+    assert [node.wait(timeout=600) for node in nodes] == [0, 0]
+    saved = checkpoint.latest(out)
+    assert saved.name == "step_000002"
+    assert json.loads((saved / "trainer_state.json").read_text())["world_size"] == 2
+    assert sorted(path.name for path in (saved / "rng").iterdir()) == ["rank_00000.pt", "rank_00001.pt"]
+    assert [record["batch/sequences_per_rank"] for record in read_metrics(out)] == [2, 2]
+
+
+def test_lora_in_two_processes_trains_checkpoints_and_merges(tiny_model_dir, synth_dataset_dir, tmp_path):
+    out = tmp_path / "run"
+    lora = ("model.lora_rank=4", "model.lora_alpha=8", "trainer.lr=1e-2", "trainer.max_steps=2")
+    subprocess.run(
+        torchrun(2, *train_args(*small_overrides(tiny_model_dir, synth_dataset_dir, out, *lora))),
+        env=ENV,
+        check=True,
+        cwd=REPO,
+    )
+    saved = checkpoint.latest(out)
+    assert (saved / "model" / "adapter_config.json").is_file()
+    merged = load_file(next(merge_checkpoint(saved, tmp_path / "merged", dtype="fp32").glob("*.safetensors")))
+    base = load_file(next(tiny_model_dir.glob("*.safetensors")))
+    query = "model.layers.0.self_attn.q_proj.weight"  # the names of the files save_pretrained writes
+    assert (merged[query] - base[query]).abs().max() > 1e-6, "the trained adapters must reach the merged weights"
+    embed = "model.embed_tokens.weight"
+    assert torch.equal(merged[embed], base[embed]), "LoRA must leave the frozen weights alone"
+
+
+def test_resume_in_another_world_size_reshards(tiny_model_dir, tmp_path, synth_dataset_dir):
+    """A 2-process checkpoint resumed by one process: DCP reshards, and training continues from its step."""
+    out = tmp_path / "run"
+    args = small_overrides(tiny_model_dir, synth_dataset_dir, out, "trainer.max_steps=1")
+    subprocess.run(torchrun(2, *train_args(*args)), env=ENV, check=True, cwd=REPO)
+    more = small_overrides(tiny_model_dir, synth_dataset_dir, out, "trainer.max_steps=2")
+    subprocess.run([sys.executable, *train_args(*more)], env=ENV, check=True, cwd=REPO)
+    assert [record["batch/sequences_per_rank"] for record in read_metrics(out)] == [2, 4]
+    assert json.loads((checkpoint.latest(out) / "trainer_state.json").read_text())["world_size"] == 1
+
+
+def test_prompts_that_do_not_split_over_the_world_are_refused(tiny_model_dir, synth_dataset_dir, tmp_path):
+    args = small_overrides(tiny_model_dir, synth_dataset_dir, tmp_path / "run", "data.prompts_per_step=3")
+    result = subprocess.run(torchrun(2, *train_args(*args)), env=ENV, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "data.prompts_per_step=3 does not split over the world of 2 processes" in result.stderr
