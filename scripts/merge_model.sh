@@ -6,4 +6,5 @@ if [ "$#" -lt 2 ]; then
   echo "usage: bash scripts/merge_model.sh CKPT_DIR OUT_DIR [--dtype bf16] [--base-model DIR] [--overwrite] [--verify]" >&2
   exit 2
 fi
+if ! command -v rewardmap >/dev/null; then source "$(dirname "$0")/../.venv/bin/activate"; fi  # make install's venv
 exec rewardmap merge "$@"

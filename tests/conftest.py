@@ -41,3 +41,12 @@ def synth_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rewardmap.synth import generate_dataset
 
     return generate_dataset(tmp_path_factory.mktemp("synth") / "data", cities=3, seed=0)
+
+
+@pytest.fixture
+def world():
+    """A one-process training world (gloo), left again after the test."""
+    from rewardmap.distributed import join_world
+
+    with join_world() as joined:
+        yield joined

@@ -124,11 +124,14 @@ def test_two_process_run_resumes_exactly_after_sigkill(tiny_model_dir, synth_dat
 
 
 def test_two_nodes_on_one_machine_train_together(tiny_model_dir, synth_dataset_dir, tmp_path):
+    """scripts/reward_map.sh on two "nodes" (one process each, rendezvous on 127.0.0.1), as the README's commands."""
     out = tmp_path / "run"
-    args = train_args(*small_overrides(tiny_model_dir, synth_dataset_dir, out, "trainer.max_steps=2"))
-    port = free_port()
+    overrides = small_overrides(tiny_model_dir, synth_dataset_dir, out, "trainer.max_steps=2")
+    script = ["bash", str(REPO / "scripts" / "reward_map.sh"), "--config", str(DEMO), *overrides]
+    port = str(free_port())
     nodes = [
-        subprocess.Popen(torchrun(1, *args, nnodes=2, node_rank=rank, port=port), env=ENV, cwd=REPO) for rank in (0, 1)
+        subprocess.Popen(script, env={**ENV, "NPROC": "1", "NNODES": "2", "NODE_RANK": rank, "MASTER_PORT": port})
+        for rank in ("0", "1")
     ]
     assert [node.wait(timeout=600) for node in nodes] == [0, 0]
     saved = checkpoint.latest(out)

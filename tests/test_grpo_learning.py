@@ -21,7 +21,7 @@ def sampled_reward(trainer: GRPOTrainer, rows: list[dict]) -> float:
 
 
 @pytest.mark.slow
-def test_grpo_raises_the_reward_on_true_false_questions(tiny_model_dir, synth_dataset_dir, tmp_path):
+def test_grpo_raises_the_reward_on_true_false_questions(tiny_model_dir, synth_dataset_dir, tmp_path, world):
     overrides = [
         f"model.path={tiny_model_dir}",
         f"data.train_files={synth_dataset_dir}",
@@ -40,7 +40,7 @@ def test_grpo_raises_the_reward_on_true_false_questions(tiny_model_dir, synth_da
         "trainer.max_steps=16",
         "curriculum.stages=[{types: [TorF1, TorF2], steps: 16}, {types: [Counting1, Counting2, Counting3, planning]}]",
     ]
-    trainer = GRPOTrainer(warm_start(load_config(DEMO, overrides)))
+    trainer = GRPOTrainer(warm_start(load_config(DEMO, overrides)), world)
     probe = [row for row in (trainer.parts.rows[i] for i in range(len(trainer.parts.rows))) if "TorF" in row["type"]]
     probe = probe[:32]
     before = sampled_reward(trainer, probe)

@@ -44,9 +44,9 @@ def parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-def test_one_step_changes_the_weights(tiny_model_dir, synth_dataset_dir, tmp_path):
+def test_one_step_changes_the_weights(tiny_model_dir, synth_dataset_dir, tmp_path, world):
     config = load_config(DEMO, small_overrides(tiny_model_dir, synth_dataset_dir, tmp_path, "trainer.lr=1e-3"))
-    trainer = GRPOTrainer(config)
+    trainer = GRPOTrainer(config, world)
     before = parameters(trainer.parts.model)
     stage, indices = trainer.parts.stream.next_batch()
     metrics = trainer.step(stage, indices)
@@ -57,20 +57,21 @@ def test_one_step_changes_the_weights(tiny_model_dir, synth_dataset_dir, tmp_pat
         assert key in metrics
 
 
-def test_validation_scores_held_out_rows_with_the_eval_code(tiny_model_dir, synth_dataset_dir, tmp_path):
+def test_validation_scores_held_out_rows_with_the_eval_code(tiny_model_dir, synth_dataset_dir, tmp_path, world):
     extra = (f"data.val_files={synth_dataset_dir}", "data.val_limit=4", "trainer.val_freq=1")
-    trainer = GRPOTrainer(load_config(DEMO, small_overrides(tiny_model_dir, synth_dataset_dir, tmp_path, *extra)))
+    config = load_config(DEMO, small_overrides(tiny_model_dir, synth_dataset_dir, tmp_path, *extra))
+    trainer = GRPOTrainer(config, world)
     assert len(trainer.parts.val_rows) == 4 and trainer.parts.val_root == synth_dataset_dir.resolve()
     metrics = trainer.validate()
     assert 0.0 <= metrics["val/accuracy"] <= 1.0 and metrics["timing/validation_s"] > 0
     assert any(key.startswith("val/") and key.endswith("/accuracy") and key.count("/") == 2 for key in metrics)
 
 
-def test_zero_advantage_and_zero_kl_give_zero_loss(tiny_model_dir, synth_dataset_dir, tmp_path):
+def test_zero_advantage_and_zero_kl_give_zero_loss(tiny_model_dir, synth_dataset_dir, tmp_path, world):
     config = load_config(
         DEMO, small_overrides(tiny_model_dir, synth_dataset_dir, tmp_path, "algorithm.entropy_coef=0")
     )
-    trainer = GRPOTrainer(config)
+    trainer = GRPOTrainer(config, world)
     parts = trainer.parts
     rows = [parts.rows[i] for i in parts.stream.next_batch()[1]]
     prompts, images = parts.prompts_and_images(rows)
@@ -86,9 +87,9 @@ def test_zero_advantage_and_zero_kl_give_zero_loss(tiny_model_dir, synth_dataset
     assert stats["optim/grad_norm"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_checkpoint_is_atomic_and_corruption_is_named(tiny_model_dir, synth_dataset_dir, tmp_path):
+def test_checkpoint_is_atomic_and_corruption_is_named(tiny_model_dir, synth_dataset_dir, tmp_path, world):
     config = load_config(DEMO, small_overrides(tiny_model_dir, synth_dataset_dir, tmp_path))
-    trainer = GRPOTrainer(config)
+    trainer = GRPOTrainer(config, world)
     saved = trainer.save()
     assert checkpoint.verify(saved)["step"] == 0
     assert checkpoint.latest(tmp_path) == saved
@@ -100,7 +101,7 @@ def test_checkpoint_is_atomic_and_corruption_is_named(tiny_model_dir, synth_data
     with pytest.raises(ValueError, match="step_000009 is incomplete"):
         checkpoint.resolve_resume(str(half), tmp_path)
     # a truncated weight file is named
-    weights = next((saved / "model").glob("*.safetensors"))
+    weights = next((saved / "sharded").glob("*.distcp"))
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ValueError, match=f"{weights.name} should have"):
         checkpoint.verify(saved)
@@ -155,8 +156,8 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tiny_model_dir, synth
     for step in (3, 4):
         for key in ("loss/total", "loss/kl", "reward/mean", "response/length_mean"):
             assert second[step][key] == first[step][key], (step, key)
-    final_a = checkpoint.latest(straight) / "model" / "model.safetensors"
-    final_b = checkpoint.latest(killed) / "model" / "model.safetensors"
-    assert final_a.read_bytes() == final_b.read_bytes(), "resumed weights differ from the uninterrupted run's"
+    final_a = sorted((checkpoint.latest(straight) / "sharded").glob("*.distcp"))
+    final_b = sorted((checkpoint.latest(killed) / "sharded").glob("*.distcp"))
+    assert [path.read_bytes() for path in final_a] == [path.read_bytes() for path in final_b], "resumed state differs"
     state = json.loads((checkpoint.latest(killed) / "trainer_state.json").read_text())
     assert state["step"] == 4

@@ -1,4 +1,4 @@
-"""Merging checkpoints into a plain HF model: real FSDP2 shards (2 gloo processes), LoRA, refusals, loaders, vLLM."""
+"""Merging checkpoints into a plain HF model: checkpoints the trainer writes (FSDP2 shards, LoRA), refusals, vLLM."""
 
 import importlib.util
 import json
@@ -11,17 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from rewardmap.config import load_config
+from rewardmap.distributed import join_world
 from rewardmap.grpo import checkpoint
+from rewardmap.grpo.backend import FSDP2Backend
 from rewardmap.models.loading import load_policy, load_processor
 from rewardmap.models.logprobs import build_prompt_inputs
 from rewardmap.models.lora import apply_lora
 from rewardmap.models.merge import add_arguments, merge_checkpoint, run, verify_merge
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO = REPO_ROOT / "configs" / "demo.yaml"
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
@@ -57,67 +60,49 @@ def _perturb(model: torch.nn.Module, only: str = "", seed: int = 1) -> None:
                 param.add_(0.05 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
 
 
-def _save_dcp_checkpoint(model: torch.nn.Module, model_dir: Path, ckpt: Path) -> Path:
-    """A one-process DCP checkpoint in the layout of a distributed save (sharded/pytorch_model_fsdp_0, COMPLETE)."""
-    import torch.distributed.checkpoint as dcp
-
-    writer = dcp.FileSystemWriter(ckpt / "sharded" / "pytorch_model_fsdp_0")
-    dcp.save({"model": model.state_dict()}, storage_writer=writer, no_dist=True)
-    load_processor(model_dir).save_pretrained(ckpt / "model")
-    (ckpt / "trainer_state.json").write_text(json.dumps({"step": 1}))
-    _rewrite_marker(ckpt)
-    return ckpt
-
-
-@pytest.fixture(scope="module")
-def fsdp_checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real 2-process FSDP2 checkpoint (sharded/pytorch_model_fsdp_0); its gathered weights are in ../reference."""
-    ckpt = tmp_path_factory.mktemp("fsdp") / "step_000001"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    script = str(REPO_ROOT / "tests" / "fsdp_save_script.py")
-    result = subprocess.run(
-        [*command, script, str(tiny_model_dir), str(ckpt)], capture_output=True, text=True, env=env
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return ckpt
+def _trainer_checkpoint(model_dir: Path, run_dir: Path, lora: bool) -> Path:
+    """A checkpoint written by the trainer's own save (FSDP2 in a one-process world) of perturbed weights; the
+    weights as they were before sharding go to run_dir/reference (a full model, or a LoRA adapter)."""
+    config = load_config(DEMO, [f"model.path={model_dir}"])
+    with join_world() as world:
+        model = load_policy(model_dir, device="cpu", dtype="fp32")
+        if lora:
+            model = apply_lora(model, rank=4, alpha=8)
+        _perturb(model, only="lora_B" if lora else "")  # lora_B starts at zero: unperturbed, it would change nothing
+        model.save_pretrained(run_dir / "reference")
+        backend = FSDP2Backend(model, config, world)
+        return checkpoint.save(run_dir, 1, backend, load_processor(model_dir), {"step": 1}, world, keep=1)
 
 
 @pytest.fixture(scope="module")
 def full_checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An unsharded full-weight checkpoint written by rewardmap.grpo.checkpoint.save (one CPU process)."""
-    model = load_policy(tiny_model_dir, device="cpu", dtype="fp32")
-    _perturb(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    run_dir = tmp_path_factory.mktemp("full")
-    processor = load_processor(tiny_model_dir)
-    return checkpoint.save(run_dir, 1, model, optimizer, processor, {"step": 1}, Accelerator())
+    """A full-weight checkpoint as the trainer writes it: sharded/ (DCP), rng/, model/ (config, processor)."""
+    return _trainer_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("full"), lora=False)
 
 
 @pytest.fixture(scope="module")
 def lora_checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An unsharded LoRA checkpoint (model/ = peft adapter + processor) written by checkpoint.save."""
-    model = apply_lora(load_policy(tiny_model_dir, device="cpu", dtype="fp32"), rank=4, alpha=8)
-    _perturb(model, only="lora_B")  # lora_B starts at zero: unperturbed, the adapter would change nothing
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    run_dir = tmp_path_factory.mktemp("lora")
-    processor = load_processor(tiny_model_dir)
-    return checkpoint.save(run_dir, 1, model, optimizer, processor, {"step": 1}, Accelerator())
+    """A LoRA checkpoint as the trainer writes it: the adapters in sharded/, their config in model/."""
+    return _trainer_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("lora"), lora=True)
 
 
-@pytest.mark.slow  # the 2-process FSDP2 save takes ~20 s
-def test_fsdp_merge_equals_unsharded_model(fsdp_checkpoint: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    out = merge_checkpoint(fsdp_checkpoint, tmp_path / "merged", dtype="fp32", base_model=tiny_model_dir)
+def _reference(ckpt: Path) -> Path:
+    return ckpt.parents[1] / "reference"
+
+
+def test_merge_equals_the_saved_model(full_checkpoint: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = merge_checkpoint(full_checkpoint, tmp_path / "merged", dtype="fp32")
     processor = load_processor(out)
-    merged, reference = _load(out), _load(fsdp_checkpoint.parent / "reference")
-    assert _max_diff(merged, reference, processor) <= 1e-6
-    assert _max_diff(merged, _load(tiny_model_dir), processor) > 1e-3  # the trained shards, not the base weights
+    assert _max_diff(_load(out), _load(_reference(full_checkpoint)), processor) == 0.0
+    assert _max_diff(_load(out), _load(tiny_model_dir), processor) > 1e-3  # the saved shards, not the base weights
 
 
-@pytest.mark.slow  # the 2-process FSDP2 save takes ~20 s
-def test_fsdp_merge_without_config_names_base_model(fsdp_checkpoint: Path, tmp_path: Path) -> None:
+def test_merge_without_config_names_base_model(full_checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = shutil.copytree(full_checkpoint, tmp_path / "step_000001")
+    (ckpt / "model" / "config.json").unlink()
+    _rewrite_marker(ckpt)
     with pytest.raises(FileNotFoundError, match="pass --base-model"):
-        merge_checkpoint(fsdp_checkpoint, tmp_path / "merged")
+        merge_checkpoint(ckpt, tmp_path / "merged")
 
 
 def test_lora_merge_equals_adapter_model(lora_checkpoint: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -125,18 +110,18 @@ def test_lora_merge_equals_adapter_model(lora_checkpoint: Path, tiny_model_dir: 
     assert not (out / "adapter_config.json").exists()
     from peft import PeftModel
 
-    adapter = PeftModel.from_pretrained(_load(tiny_model_dir), lora_checkpoint / "model").eval()
+    adapter = PeftModel.from_pretrained(_load(tiny_model_dir), _reference(lora_checkpoint)).eval()
     processor = load_processor(out)
     assert _max_diff(_load(out), adapter, processor) <= 1e-5
     assert _max_diff(_load(out), _load(tiny_model_dir), processor) > 1e-3
     # A bare peft adapter directory (no COMPLETE marker) merges to the same weights.
-    adapter_dir = shutil.copytree(lora_checkpoint / "model", tmp_path / "adapter")
+    adapter_dir = shutil.copytree(_reference(lora_checkpoint), tmp_path / "adapter")
     bare = _load(merge_checkpoint(adapter_dir, tmp_path / "bare", dtype="fp32")).state_dict()
     assert all(torch.equal(tensor, bare[name]) for name, tensor in _load(out).state_dict().items())
 
 
 def test_lora_without_local_base_is_refused(lora_checkpoint: Path, tmp_path: Path) -> None:
-    adapter_dir = shutil.copytree(lora_checkpoint / "model", tmp_path / "adapter")
+    adapter_dir = shutil.copytree(_reference(lora_checkpoint), tmp_path / "adapter")
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "Qwen/Qwen2.5-VL-7B-Instruct"
     (adapter_dir / "adapter_config.json").write_text(json.dumps(config))
@@ -152,7 +137,7 @@ def test_full_checkpoint_bf16_loads_and_generates(full_checkpoint: Path, tmp_pat
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     model = AutoModelForImageTextToText.from_pretrained(out)
     assert model.dtype == torch.bfloat16
-    source = _load(full_checkpoint / "model")
+    source = _load(_reference(full_checkpoint))
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, source.state_dict()[name].to(torch.bfloat16)), name
     processor = AutoProcessor.from_pretrained(out)
@@ -180,52 +165,33 @@ def test_incomplete_checkpoint_is_refused(full_checkpoint: Path, tmp_path: Path)
     assert not (tmp_path / "merged").exists()
 
 
-@pytest.mark.slow  # the 2-process FSDP2 save takes ~20 s
-def test_missing_shard_is_refused(fsdp_checkpoint: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    ckpt = shutil.copytree(fsdp_checkpoint, tmp_path / "step_000001")
-    (ckpt / "sharded" / "pytorch_model_fsdp_0" / "__1_0.distcp").unlink()
-    with pytest.raises(ValueError, match="__1_0.distcp should have .* bytes, found missing"):
-        merge_checkpoint(ckpt, tmp_path / "merged", base_model=tiny_model_dir)
+def test_missing_shard_is_refused(full_checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = shutil.copytree(full_checkpoint, tmp_path / "step_000001")
+    (ckpt / "sharded" / "__0_0.distcp").unlink()
+    with pytest.raises(ValueError, match="__0_0.distcp should have .* bytes, found missing"):
+        merge_checkpoint(ckpt, tmp_path / "merged")
     _rewrite_marker(ckpt)  # a marker written after the loss: the DCP metadata still names the shard
-    with pytest.raises(ValueError, match=r"incomplete: shard files \['__1_0.distcp'\] are missing"):
-        merge_checkpoint(ckpt, tmp_path / "merged", base_model=tiny_model_dir)
+    with pytest.raises(ValueError, match=r"incomplete: shard files \['__0_0.distcp'\] are missing"):
+        merge_checkpoint(ckpt, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
 
 
-@pytest.mark.slow  # the 2-process FSDP2 save takes ~20 s
-def test_world_size_mismatch_is_refused(fsdp_checkpoint: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
-    ckpt = shutil.copytree(fsdp_checkpoint, tmp_path / "step_000001")
-    shards = ckpt / "sharded" / "pytorch_model_fsdp_0"
-    shutil.copy(shards / "__1_0.distcp", shards / "__2_0.distcp")  # a third rank's file left from another save
+def test_shards_of_two_saves_are_refused(full_checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = shutil.copytree(full_checkpoint, tmp_path / "step_000001")
+    shutil.copy(ckpt / "sharded" / "__0_0.distcp", ckpt / "sharded" / "__1_0.distcp")  # left from another save
     _rewrite_marker(ckpt)
-    with pytest.raises(
-        ValueError, match="mixes world sizes: its metadata names 2 ranks' shards, the directory holds 3"
-    ):
-        merge_checkpoint(ckpt, tmp_path / "merged", base_model=tiny_model_dir)
-    (shards / "__2_0.distcp").unlink()
-    shutil.copy(ckpt / "sharded" / "random_states_1.pkl", ckpt / "sharded" / "random_states_2.pkl")
+    with pytest.raises(ValueError, match=r"mixes saves: its metadata names shard files \['__0_0.distcp'\]"):
+        merge_checkpoint(ckpt, tmp_path / "merged")
+
+
+def test_checkpoint_of_another_model_is_refused(full_checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = shutil.copytree(full_checkpoint, tmp_path / "step_000001")
+    config = json.loads((ckpt / "model" / "config.json").read_text())
+    config["text_config"]["intermediate_size"] = 320  # a model with wider MLPs than the one saved
+    (ckpt / "model" / "config.json").write_text(json.dumps(config))
     _rewrite_marker(ckpt)
-    with pytest.raises(ValueError, match="mixes world sizes.* and 3 ranks' random states"):
-        merge_checkpoint(ckpt, tmp_path / "merged", base_model=tiny_model_dir)
-
-
-def test_sharded_lora_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
-    model = apply_lora(load_policy(tiny_model_dir, device="cpu", dtype="fp32"), rank=4, alpha=8)
-    ckpt = _save_dcp_checkpoint(model, tiny_model_dir, tmp_path / "step_000001")
-    with pytest.raises(ValueError, match="holds a LoRA model saved sharded"):
-        merge_checkpoint(ckpt, tmp_path / "merged", base_model=tiny_model_dir)
-
-
-def test_sharded_checkpoint_of_another_model_is_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
-    model = load_policy(tiny_model_dir, device="cpu", dtype="fp32")
-    ckpt = _save_dcp_checkpoint(model, tiny_model_dir, tmp_path / "step_000001")
-    wider = shutil.copytree(tiny_model_dir, tmp_path / "wider")  # a base model with wider MLPs
-    config = json.loads((wider / "config.json").read_text())
-    config["text_config"]["intermediate_size"] = 320
-    (wider / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="does not match the model built from its config"):
-        merge_checkpoint(ckpt, tmp_path / "merged", base_model=wider)
-    assert merge_checkpoint(ckpt, tmp_path / "merged", base_model=tiny_model_dir).is_dir()  # the right base works
+        merge_checkpoint(ckpt, tmp_path / "merged")
 
 
 def test_existing_output_needs_overwrite(full_checkpoint: Path, tmp_path: Path) -> None:

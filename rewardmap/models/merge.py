@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
 
 from rewardmap.checkpoint_files import MARKER, MODEL_FILES, SHARDS, verify
 from rewardmap.errors import InputError
@@ -85,7 +85,7 @@ def load_checkpoint_model(
     ckpt = Path(ckpt_dir)
     if (ckpt / "adapter_config.json").is_file():
         return _load_lora(ckpt, base_model, dtype, merge_lora)
-    if not (ckpt / MARKER).is_file() or not (ckpt / SHARDS).is_dir():
+    if not (ckpt / SHARDS).is_dir():
         raise InputError(
             f"{ckpt} is neither a LoRA adapter directory (adapter_config.json) nor a complete training checkpoint "
             f"({SHARDS}/ and {MARKER}); pass <run>/checkpoints/step_N"
