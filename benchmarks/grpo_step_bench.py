@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from rewardmap.config import load_config  # noqa: E402
 from rewardmap.data.prompts import build_messages  # noqa: E402
+from rewardmap.distributed import World, join_world  # noqa: E402
 from rewardmap.grpo.trainer import GRPOTrainer  # noqa: E402
 from rewardmap.models.loading import load_processor  # noqa: E402
 from rewardmap.models.tiny import build_tiny_model  # noqa: E402
@@ -67,9 +68,10 @@ def our_config(model_dir: Path, data_dir: Path, out: Path, args: argparse.Namesp
     return load_config(REPO / "configs" / "demo.yaml", overrides)
 
 
-def make_ours(model_dir: Path, data_dir: Path, work: Path, args: argparse.Namespace, entropy_coef: float):
+def make_ours(model_dir: Path, data_dir: Path, work: Path, args: argparse.Namespace, entropy_coef: float, world):
     """Our trainer, with EOS made impossible so every completion has exactly args.tokens tokens."""
-    trainer = GRPOTrainer(our_config(model_dir, data_dir, work / f"ours_ent{entropy_coef}", args, entropy_coef))
+    config = our_config(model_dir, data_dir, work / f"ours_ent{entropy_coef}", args, entropy_coef)
+    trainer = GRPOTrainer(config, world)
     trainer.parts.model.generation_config.min_new_tokens = args.tokens
     trainer.parts.model.generation_config.suppress_tokens = vision_tokens(trainer.parts.processor)
     return trainer
@@ -344,9 +346,10 @@ def run_bench(args: argparse.Namespace, work: Path) -> str:
     if not model_dir.exists():  # a reused --workdir keeps the model and data it built before
         build_tiny_model(model_dir, seed=0)
         generate_dataset(data_dir, cities=4, seed=0)
+    world = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"))  # the process group main() joined
     ours = {
-        "ours (entropy 0)": make_ours(model_dir, data_dir, work, args, 0.0),
-        "ours (entropy 1e-3)": make_ours(model_dir, data_dir, work, args, 1e-3),
+        "ours (entropy 0)": make_ours(model_dir, data_dir, work, args, 0.0, world),
+        "ours (entropy 1e-3)": make_ours(model_dir, data_dir, work, args, 1e-3, world),
     }
     first = ours["ours (entropy 0)"]
     batches = [first.parts.stream.next_batch() for _ in range(args.steps + 1)]
@@ -389,12 +392,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        print(run_bench(args, args.workdir))
-        return 0
-    with tempfile.TemporaryDirectory() as work:
-        print(run_bench(args, Path(work)))
+    with join_world():
+        if args.workdir is not None:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            print(run_bench(args, args.workdir))
+            return 0
+        with tempfile.TemporaryDirectory() as work:
+            print(run_bench(args, Path(work)))
     return 0
 
 

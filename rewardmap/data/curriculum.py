@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rewardmap.data.schema import DIFFICULTIES, QUESTION_TYPES, canonical_type
+from rewardmap.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -34,24 +35,24 @@ def resolve_stages(stages: str | Sequence[Mapping[str, Any] | Stage]) -> list[St
     """Stages from a preset name (`released`, `coarse`, `fine-grained`, `none`) or a list of {types, steps}."""
     if isinstance(stages, str):
         if stages not in PRESETS:
-            raise ValueError(f"unknown curriculum preset {stages!r}; choose one of {', '.join(PRESETS)}")
+            raise InputError(f"unknown curriculum preset {stages!r}; choose one of {', '.join(PRESETS)}")
         return [Stage(tuple(types)) for types in PRESETS[stages]]
     resolved = []
     for number, stage in enumerate(stages):
         spec = {"types": stage.types, "steps": stage.steps} if isinstance(stage, Stage) else dict(stage)
         unknown_keys = set(spec) - {"types", "steps"}
         if unknown_keys or not spec.get("types"):
-            raise ValueError(f"curriculum stage {number}: expected {{types: [...], steps: N}}, got {spec}")
+            raise InputError(f"curriculum stage {number}: expected {{types: [...], steps: N}}, got {spec}")
         try:
             types = tuple(canonical_type(name) for name in spec["types"])
         except ValueError as err:
-            raise ValueError(f"curriculum stage {number}: {err}") from err
+            raise InputError(f"curriculum stage {number}: {err}") from err
         steps = spec.get("steps")
         if steps is not None and (not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"curriculum stage {number}: steps must be a positive integer or null, got {steps!r}")
+            raise InputError(f"curriculum stage {number}: steps must be a positive integer or null, got {steps!r}")
         resolved.append(Stage(types, steps))
     if not resolved:
-        raise ValueError("the curriculum needs at least one stage")
+        raise InputError("the curriculum needs at least one stage")
     return resolved
 
 
@@ -79,23 +80,23 @@ def plan_batches(
     exactly N full batches: passes repeat (each reshuffled by the seeded RNG) or the pass is cut short.
     """
     if order not in ORDERS:
-        raise ValueError(f"unknown curriculum order {order!r}; choose one of {', '.join(ORDERS)}")
+        raise InputError(f"unknown curriculum order {order!r}; choose one of {', '.join(ORDERS)}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise InputError(f"batch_size must be positive, got {batch_size}")
     if order == "easy_to_hard" and (
         difficulties is None or len(difficulties) != len(types) or not set(difficulties) <= set(DIFFICULTIES)
     ):
-        raise ValueError("order 'easy_to_hard' needs one difficulty per row, each easy, middle or hard")
+        raise InputError("order 'easy_to_hard' needs one difficulty per row, each easy, middle or hard")
     resolved = resolve_stages(stages)
     canonical = [canonical_type(name) for name in types]
     stage_of: dict[str, int] = {}
     for number, stage in enumerate(resolved):
         for name in stage.types:
             if stage_of.setdefault(name, number) != number:
-                raise ValueError(f"type {name} is in curriculum stages {stage_of[name]} and {number}; keep it in one")
+                raise InputError(f"type {name} is in curriculum stages {stage_of[name]} and {number}; keep it in one")
     orphans = sorted({name for name in canonical if name not in stage_of})
     if orphans:
-        raise ValueError(
+        raise InputError(
             f"rows of type {', '.join(orphans)} are in no curriculum stage; add them to a stage "
             "(or drop those rows from the dataset)"
         )
@@ -105,7 +106,7 @@ def plan_batches(
         members = [index for index, name in enumerate(canonical) if stage_of[name] == number]
         if not members:
             if stage.steps:
-                raise ValueError(f"curriculum stage {number} ({', '.join(stage.types)}) has steps but no rows")
+                raise InputError(f"curriculum stage {number} ({', '.join(stage.types)}) has steps but no rows")
             logger.warning("curriculum stage %d (%s) has no rows; skipped", number, ", ".join(stage.types))
             continue
         sequence = _stage_order(members, difficulties, order, rng)
@@ -164,11 +165,11 @@ class CurriculumStream:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from `state` (from `state_dict`, possibly via JSON)."""
         if state.get("fingerprint") != self._fingerprint:
-            raise ValueError(
+            raise InputError(
                 "curriculum state was saved for a different plan (dataset, stages, order, batch size or seed "
                 "changed); resume with the original settings or start a new run"
             )
         position = int(state["position"])
         if not 0 <= position <= len(self.batches):
-            raise ValueError(f"curriculum state position {position} is outside 0..{len(self.batches)}")
+            raise InputError(f"curriculum state position {position} is outside 0..{len(self.batches)}")
         self.position = position

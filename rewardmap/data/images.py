@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from rewardmap.data.schema import embedded_bytes, resolve_path
+from rewardmap.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def figure_source(figure: Any, root: str | Path) -> Path | bytes | Image.Image:
             return figure["bytes"]
         figure = figure.get("path")
     if not isinstance(figure, str) or not figure.strip():
-        raise ValueError(f"figure must be a path, data URI, base64 string or image; got {figure!r}")
+        raise InputError(f"figure must be a path, data URI, base64 string or image; got {figure!r}")
     data = embedded_bytes(figure)
     if data is not None:
         return data
@@ -88,7 +89,7 @@ def _open(source: Path | bytes, label: str, max_source_pixels: int) -> Image.Ima
         try:
             image = Image.open(source if isinstance(source, Path) else io.BytesIO(source))
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise ValueError(
+            raise InputError(
                 f"figure {label}: larger than max_source_pixels={max_source_pixels:,} ({err}); "
                 "raise data.max_source_pixels if the image is trusted"
             ) from err

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from rewardmap.data.images import figure_source
 from rewardmap.data.loading import load_rows
+from rewardmap.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def _merge_dataset_info(info_path: Path, name: str, file_name: str) -> None:
         try:
             info = json.loads(info_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{info_path}: not valid JSON ({err}); fix or delete it") from err
+            raise InputError(f"{info_path}: not valid JSON ({err}); fix or delete it") from err
     info[name] = {
         "file_name": file_name,
         "formatting": "sharegpt",

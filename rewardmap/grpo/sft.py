@@ -17,6 +17,7 @@ from rewardmap.config import RewardMapConfig, load_config
 from rewardmap.data.loading import load_rows
 from rewardmap.data.prompts import render_prompt
 from rewardmap.data.sft import answer_text
+from rewardmap.errors import InputError
 from rewardmap.grpo.batching import completion_tensors
 from rewardmap.grpo.losses import aggregate
 from rewardmap.grpo.setup import row_image
@@ -43,7 +44,7 @@ def warm_start(config: RewardMapConfig) -> RewardMapConfig:
     rows = load_rows(data.train_files, split=data.train_split, on_bad_row=data.on_bad_row)
     examples = [(row, text) for row in rows if (text := answer_text(row)) is not None]
     if not examples:
-        raise ValueError(f"no row of {data.train_files} has a reference answer to warm-start on")
+        raise InputError(f"no row of {data.train_files} has a reference answer to warm-start on")
     random.Random(config.trainer.seed).shuffle(examples)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     end_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")

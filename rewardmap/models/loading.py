@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
+from rewardmap.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 MODEL_TYPES = ("qwen2_5_vl",)
@@ -38,9 +40,9 @@ def check_model_dir(model_dir: str | Path) -> Path:
     try:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file} is not valid JSON ({err}); expected {expected}") from err
+        raise InputError(f"{config_file} is not valid JSON ({err}); expected {expected}") from err
     if model_type not in MODEL_TYPES:
-        raise ValueError(f"{config_file} has model_type {model_type!r}; expected {expected}")
+        raise InputError(f"{config_file} has model_type {model_type!r}; expected {expected}")
     missing = [
         " or ".join(names)
         for names in (TOKENIZER_FILES, PROCESSOR_FILES)
@@ -65,7 +67,7 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
+        raise InputError(f"dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -128,7 +130,7 @@ def load_processor(
         "longest_edge": current["longest_edge"] if max_pixels is None else max_pixels,
     }
     if size["shortest_edge"] > size["longest_edge"]:
-        raise ValueError(f"min_pixels {size['shortest_edge']} exceeds max_pixels {size['longest_edge']}")
+        raise InputError(f"min_pixels {size['shortest_edge']} exceeds max_pixels {size['longest_edge']}")
     processor.image_processor.size = size
     processor.tokenizer.padding_side = "left"
     return processor

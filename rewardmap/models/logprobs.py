@@ -143,7 +143,7 @@ def _micro_batch_logprobs(
     keep = torch.arange(longest - 1, longest + width - 1, device=ids.device)
     head = model.get_output_embeddings().weight
     inputs = {"input_ids": ids, "attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
-    # A sharded lm_head (an FSDP2 DTensor, or a ZeRO-3 partition, empty outside a forward): only its forward gathers it.
+    # A sharded lm_head (an FSDP2 DTensor, or a ZeRO-3 partition: empty outside a forward): its forward gathers it.
     if isinstance(head, torch.distributed.tensor.DTensor) or head.numel() == 0:
         logits = model(**inputs, logits_to_keep=keep, **image_kwargs).logits.float()
         if temperature != 1.0:

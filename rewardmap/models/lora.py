@@ -8,6 +8,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
+from rewardmap.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -26,9 +28,9 @@ def apply_lora(
     The vision tower also has `gate_proj`/`up_proj`/`down_proj`; a regex keeps the adapters out of it.
     """
     if rank <= 0 or alpha <= 0:
-        raise ValueError(f"LoRA rank ({rank}) and alpha ({alpha}) must be positive")
+        raise InputError(f"LoRA rank ({rank}) and alpha ({alpha}) must be positive")
     if not target_modules:
-        raise ValueError("LoRA target_modules is empty; name Linear layers such as q_proj, v_proj")
+        raise InputError("LoRA target_modules is empty; name Linear layers such as q_proj, v_proj")
     pattern = rf".*language_model\.layers\.\d+\.\w+\.({'|'.join(target_modules)})"
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern)
     peft_model = get_peft_model(model, config)
@@ -41,7 +43,7 @@ def apply_lora(
 def reference_policy(model: PeftModel) -> Iterator[PeftModel]:
     """Inside the block `model` computes the frozen reference: adapters off, no autograd graph, no weight copy."""
     if not isinstance(model, PeftModel):
-        raise ValueError(
+        raise InputError(
             f"reference_policy needs a LoRA (peft) model, got {type(model).__name__}; "
             "for full fine-tuning load a separate frozen copy with load_reference()"
         )

@@ -53,7 +53,7 @@ def merge_checkpoint(
     """
     ckpt, out = Path(ckpt_dir), Path(out_dir)
     if dtype not in OUTPUT_DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; use one of {sorted(OUTPUT_DTYPES)}")
+        raise InputError(f"dtype {dtype!r} is not supported; use one of {sorted(OUTPUT_DTYPES)}")
     _check_paths(ckpt, out, overwrite)
     model, processor_dir = load_checkpoint_model(ckpt, base_model=base_model, dtype=OUTPUT_DTYPES[dtype])
     tmp = out.with_name(f".{out.name}.tmp")
@@ -121,9 +121,9 @@ def _check_paths(ckpt: Path, out: Path, overwrite: bool) -> None:
         )
     ckpt_abs, out_abs = ckpt.resolve(), out.resolve()
     if out_abs == ckpt_abs or ckpt_abs in out_abs.parents or out_abs in ckpt_abs.parents:
-        raise ValueError(f"output directory {out} overlaps the checkpoint {ckpt}; choose a directory outside it")
+        raise InputError(f"output directory {out} overlaps the checkpoint {ckpt}; choose a directory outside it")
     if out.exists() and not overwrite:
-        raise ValueError(f"output directory {out} already exists; pass --overwrite to replace it or choose a new one")
+        raise InputError(f"output directory {out} already exists; pass --overwrite to replace it or choose a new one")
 
 
 def _copy_processor_files(src: Path, dst: Path) -> None:

@@ -19,6 +19,8 @@ from transformers import (
 )
 from transformers.convert_slow_tokenizer import TikTokenConverter
 
+from rewardmap.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 ENDOFTEXT_ID = 151643
@@ -89,7 +91,7 @@ def build_tokenizer() -> Qwen2Tokenizer:
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in PLAIN_ADDED_TOKENS])
     tokenizer.eos_token = "<|im_end|>"
     if tokenizer.convert_tokens_to_ids("<|video_pad|>") != 151656 or tokenizer.eos_token_id != IM_END_ID:
-        raise ValueError(f"special token ids drifted from Qwen2.5's (tokenizer {tokenizer.__class__.__name__})")
+        raise InputError(f"special token ids drifted from Qwen2.5's (tokenizer {tokenizer.__class__.__name__})")
     return tokenizer
 
 
@@ -147,7 +149,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, tie_word_embeddings: bo
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {out} exists and is not empty; pass a new or empty directory")
+        raise InputError(f"--out {out} exists and is not empty; pass a new or empty directory")
     config = tiny_config(tie_word_embeddings)
     with torch.random.fork_rng(devices=[]):  # seed locally, leave the caller's RNG state untouched
         torch.manual_seed(seed)

@@ -6,6 +6,8 @@ import operator
 import re
 from array import array
 
+from rewardmap.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("released", "corrected")
@@ -190,7 +192,7 @@ def extract_answer(response: str, variant: str = "released") -> str:
         return _released_clean(_released_extract(response))
     if variant == "corrected":
         return _corrected_clean(_corrected_extract(response))
-    raise ValueError(f"unknown reward variant {variant!r}; expected one of {VARIANTS}")
+    raise InputError(f"unknown reward variant {variant!r}; expected one of {VARIANTS}")
 
 
 def _released_int_equals(a: str, answer: object) -> bool:
@@ -213,7 +215,7 @@ def _corrected_int_equals(a: str, answer: object) -> bool:
 def answer_is_correct(a: str, kind: str, answer: int, variant: str = "released") -> bool:
     """The verdict on a cleaned answer `a`: TorF yes/no, Counting1 letter a-d, Counting2/3 integer."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown reward variant {variant!r}; expected one of {VARIANTS}")
+        raise InputError(f"unknown reward variant {variant!r}; expected one of {VARIANTS}")
     if kind == "TorF":
         return a.lower() == ("yes" if answer == 1 else "no")
     if kind == "Counting1":
@@ -221,4 +223,4 @@ def answer_is_correct(a: str, kind: str, answer: int, variant: str = "released")
         return choice is not None and choice == answer
     if kind in ("Counting2", "Counting3"):
         return _released_int_equals(a, answer) if variant == "released" else _corrected_int_equals(a, answer)
-    raise ValueError(f"unknown answer kind {kind!r}; expected one of {KINDS}")
+    raise InputError(f"unknown answer kind {kind!r}; expected one of {KINDS}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rewardmap.errors import InputError
 from rewardmap.reward.score import MODES, compute_score
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def _read_rows(path: Path) -> list[dict]:
             row = json.loads(line)
             if not isinstance(row, dict) or not isinstance(row.get("response"), str) or "sample" not in row:
                 expected = '{"response": str, "sample": {...}}'
-                raise ValueError(f"{path}:{number}: expected {expected}, got {line[:60]!r}")
+                raise InputError(f"{path}:{number}: expected {expected}, got {line[:60]!r}")
             rows.append(row)
     return rows
 

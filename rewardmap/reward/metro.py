@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from rewardmap.errors import InputError
 from rewardmap.reward.normalize import clean_released, name_key
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def _clean_mapping(raw: object, where: str) -> dict[str, list[str]]:
         isinstance(line, str) and isinstance(stations, list) and all(isinstance(s, str) for s in stations)
         for line, stations in raw.items()
     ):
-        raise ValueError(f"{where}: metro data must be a JSON object {{line: [station, ...]}} of strings")
+        raise InputError(f"{where}: metro data must be a JSON object {{line: [station, ...]}} of strings")
     return {line: [strip_suffixes(s) for s in stations] for line, stations in raw.items()}
 
 

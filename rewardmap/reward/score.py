@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from rewardmap.errors import InputError
 from rewardmap.reward.answer import VARIANTS, answer_is_correct, extract_answer
 from rewardmap.reward.metro import LineKeys, mapping_line_keys, path_line_keys, resolve_metro_path
 from rewardmap.reward.normalize import clean_released, name_key
@@ -43,19 +44,19 @@ def _kind(sample_type: object, variant: str) -> str:
     """TorF / Counting1-3 / planning / planning-like (released substring test); raises on anything else."""
     if variant == "corrected":
         if sample_type not in TYPES:
-            raise ValueError(f"unknown type {sample_type!r}; expected one of {TYPES}")
+            raise InputError(f"unknown type {sample_type!r}; expected one of {TYPES}")
         return "TorF" if sample_type in ("TorF1", "TorF2") else sample_type
     if not isinstance(sample_type, str):
-        raise ValueError(f"type must be a string, got {sample_type!r}")
+        raise InputError(f"type must be a string, got {sample_type!r}")
     if "TorF" in sample_type:
         return "TorF"
     if "Counting" in sample_type:
         if sample_type not in ("Counting1", "Counting2", "Counting3"):
-            raise ValueError(f"unknown Counting type {sample_type!r}; expected Counting1, Counting2 or Counting3")
+            raise InputError(f"unknown Counting type {sample_type!r}; expected Counting1, Counting2 or Counting3")
         return sample_type
     if "planning" in sample_type:
         return "planning" if sample_type == "planning" else "planning-like"
-    raise ValueError(f"unknown type {sample_type!r}; expected one of {TYPES}")
+    raise InputError(f"unknown type {sample_type!r}; expected one of {TYPES}")
 
 
 def _weight(sample: Mapping, kind: str, mode: str) -> float:
@@ -63,13 +64,13 @@ def _weight(sample: Mapping, kind: str, mode: str) -> float:
         return 1.0
     weight = CITY_WEIGHTS.get(sample.get("difficulty_city"))
     if weight is None:
-        raise ValueError(
+        raise InputError(
             f"unknown difficulty_city {sample.get('difficulty_city')!r}; expected one of {list(CITY_WEIGHTS)}"
         )
     if kind.startswith("planning"):
         transfers = sample["question_transfer_count"]
         if transfers < 0:
-            raise ValueError(f"question_transfer_count must be >= 0 in difficulty_aware mode, got {transfers!r}")
+            raise InputError(f"question_transfer_count must be >= 0 in difficulty_aware mode, got {transfers!r}")
         return weight + TRANSFER_BONUS if transfers > 0 else weight
     return weight
 
@@ -80,7 +81,7 @@ def _line_keys(sample: Mapping, variant: str, metro_root: str | os.PathLike | No
         return mapping_line_keys(metro, variant, "field 'metro'")
     json_path = sample.get("json")
     if not isinstance(json_path, (str, os.PathLike)):
-        raise ValueError(f"needs its metro data: a 'json' path or a 'metro' mapping, got json={json_path!r}")
+        raise InputError(f"needs its metro data: a 'json' path or a 'metro' mapping, got json={json_path!r}")
     path = resolve_metro_path(json_path, metro_root)
     try:
         return path_line_keys(path, variant)
@@ -96,17 +97,17 @@ def _prepare(
 ) -> tuple[str, float, LineKeys | None]:
     """Validate everything a score depends on, up front: (kind, weight, line keys or None)."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown reward variant {variant!r}; expected one of {VARIANTS}")
+        raise InputError(f"unknown reward variant {variant!r}; expected one of {VARIANTS}")
     if mode not in MODES:
-        raise ValueError(f"unknown reward mode {mode!r}; expected one of {MODES}")
+        raise InputError(f"unknown reward mode {mode!r}; expected one of {MODES}")
     kind = _kind(sample.get("type"), variant)
     if kind.startswith("planning"):
         transfers = sample.get("question_transfer_count")
         if not isinstance(transfers, numbers.Real) or isinstance(transfers, bool) or math.isnan(transfers):
-            raise ValueError(f"question_transfer_count (T) must be a number, got {transfers!r}")
+            raise InputError(f"question_transfer_count (T) must be a number, got {transfers!r}")
     needs_metro = kind.startswith("planning") or (kind == "Counting1" and counting1_detail and variant == "corrected")
     if needs_metro and not all(isinstance(sample.get(f), str) for f in ("station_1", "station_2")):
-        raise ValueError("station_1 and station_2 must be strings")
+        raise InputError("station_1 and station_2 must be strings")
     weight = _weight(sample, kind, mode)
     return kind, weight, _line_keys(sample, variant, metro_root) if needs_metro else None
 
@@ -131,13 +132,13 @@ def _prepare_sample(sample: Mapping, options: dict) -> tuple:
     try:
         return _prepare(sample, **options)
     except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{describe_sample(sample)}: {err}") from None
+        raise InputError(f"{describe_sample(sample)}: {err}") from None
 
 
 def _score(response: str, sample: Mapping, prepared: tuple, variant: str) -> RewardBreakdown:
     kind, weight, keys = prepared
     if not isinstance(response, str):
-        raise ValueError(f"{describe_sample(sample)}: response must be a str, got {type(response).__name__}")
+        raise InputError(f"{describe_sample(sample)}: response must be a str, got {type(response).__name__}")
     detail = 0.0
     if kind.startswith("planning"):
         correct, detail = _planning(response, sample, keys, kind, variant)
@@ -174,7 +175,7 @@ def score_batch(
 ) -> list[RewardBreakdown]:
     """`compute_score` over aligned responses and samples; every sample is validated before any response is parsed."""
     if len(responses) != len(samples):
-        raise ValueError(f"score_batch got {len(responses)} responses but {len(samples)} samples; pass one per sample")
+        raise InputError(f"score_batch got {len(responses)} responses but {len(samples)} samples; pass one per sample")
     options = {"variant": variant, "mode": mode, "counting1_detail": counting1_detail, "metro_root": metro_root}
     prepared = [_prepare_sample(sample, options) for sample in samples]
     return [_score(r, s, p, variant) for r, s, p in zip(responses, samples, prepared, strict=True)]

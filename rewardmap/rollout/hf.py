@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
+from rewardmap.errors import InputError
 from rewardmap.rollout.base import Completion, Sampling, prompt_seed
 
 
@@ -24,7 +25,7 @@ class HFRolloutEngine:
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:
-            raise ValueError("the HF rollout engine samples from the model it was built with; pass that model")
+            raise InputError("the HF rollout engine samples from the model it was built with; pass that model")
 
     @torch.no_grad()
     def generate(
@@ -36,7 +37,7 @@ class HFRolloutEngine:
         seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         if len(prompts) != len(images):
-            raise ValueError(f"{len(prompts)} prompts but {len(images)} images: give one image per prompt")
+            raise InputError(f"{len(prompts)} prompts but {len(images)} images: give one image per prompt")
         seeds = seeds if seeds is not None else [prompt_seed(sampling.seed, 0, i) for i in range(len(prompts))]
         # Sampling: one call per prompt under its own seed, so a prompt's samples do not depend on its batch-mates
         # (nor on the rank that drew it). Greedy answers depend on nothing: batch them.

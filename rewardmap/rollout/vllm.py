@@ -16,6 +16,7 @@ from PIL import Image
 
 from rewardmap.config import RewardMapConfig
 from rewardmap.distributed import full_tensor
+from rewardmap.errors import InputError
 from rewardmap.rollout.base import Completion, Sampling, prompt_seed
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class VLLMRolloutEngine:
         from vllm import SamplingParams
 
         if len(prompts) != len(images):
-            raise ValueError(f"{len(prompts)} prompts but {len(images)} images: give one image per prompt")
+            raise InputError(f"{len(prompts)} prompts but {len(images)} images: give one image per prompt")
         self._wake()
         # One seed per prompt (vLLM seeds each request alone): a shared seed would give every prompt the same noise.
         seeds = seeds if seeds is not None else [prompt_seed(sampling.seed, 0, i) for i in range(len(prompts))]
