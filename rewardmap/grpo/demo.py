@@ -24,7 +24,9 @@ def run(args: argparse.Namespace) -> int:
     from rewardmap.eval import runner
     from rewardmap.grpo.plot import plot_run
     from rewardmap.grpo.sft import warm_start
+    from rewardmap.distributed import join_world
     from rewardmap.grpo.trainer import GRPOTrainer
+    from rewardmap.models.merge import merge_checkpoint
     from rewardmap.models.tiny import build_tiny_model
     from rewardmap.synth import generate_dataset
 
@@ -45,13 +47,15 @@ def run(args: argparse.Namespace) -> int:
     ]
     config = warm_start(load_config(args.config, filled + list(args.overrides)))
     print(f"[demo] SFT warm start done ({time.perf_counter() - start:.0f} s)")
-    trainer = GRPOTrainer(config)
-    final = trainer.fit()
+    with join_world() as world:
+        trainer = GRPOTrainer(config, world)
+        final = trainer.fit()
+    merged = merge_checkpoint(final, out / "trained_model", dtype="fp32", overwrite=True)  # the checkpoint's shards
     print(f"[demo] GRPO done: checkpoint {final}, curves {plot_run(trainer.run_dir)}")
     evaluate = argparse.ArgumentParser(prog="rewardmap eval")
     runner.add_arguments(evaluate)
     eval_args = [
-        f"--model={final / 'model'}",
+        f"--model={merged}",
         f"--data={data_dir}",
         "--split=test",
         f"--limit={args.eval_limit}",
