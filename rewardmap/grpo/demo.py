@@ -21,10 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rewardmap.distributed import join_world
     from rewardmap.eval import runner
     from rewardmap.grpo.plot import plot_run
     from rewardmap.grpo.sft import warm_start
-    from rewardmap.distributed import join_world
     from rewardmap.grpo.trainer import GRPOTrainer
     from rewardmap.models.merge import merge_checkpoint
     from rewardmap.models.tiny import build_tiny_model
