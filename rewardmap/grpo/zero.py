@@ -54,8 +54,11 @@ class DeepSpeedBackend:
     """A DeepSpeed engine around the policy; `model` is the engine's module (ZeRO-3 gathers weights in its hooks)."""
 
     def __init__(self, model: torch.nn.Module, config: RewardMapConfig, world: World) -> None:
+        # DeepSpeed reads these from the environment: its accelerator when first imported, the local rank when the
+        # process was started without torchrun (a world of one).
         if world.device.type == "cpu":
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read once, when deepspeed is first imported
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        os.environ.setdefault("LOCAL_RANK", str(world.local_rank))
         import deepspeed
         import deepspeed.ops
 
@@ -66,13 +69,22 @@ class DeepSpeedBackend:
 
         self.max_grad_norm = config.trainer.max_grad_norm
         self.world = world
+        dtype = compute_dtype(config, world)
         self.engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
-            config=deepspeed_config(config, compute_dtype(config, world)),
+            config=deepspeed_config(config, dtype),
             dist_init_required=False,  # the group join_world made
         )
         self.model = self.engine.module
+        if world.is_main:
+            logger.info(
+                "DeepSpeed ZeRO-%d over %d process(es), compute in %s, CPU offload %s",
+                config.trainer.zero_stage,
+                world.size,
+                dtype,
+                config.trainer.cpu_offload,
+            )
 
     def backward(self, loss: torch.Tensor) -> None:
         # DeepSpeed does this per-micro-batch bookkeeping in engine(...) and in a hook on the engine's outputs; the
@@ -83,11 +95,7 @@ class DeepSpeedBackend:
         self.engine.backward(loss)
 
     def step(self, max_grad_norm: float) -> float:
-        if max_grad_norm != self.max_grad_norm:
-            raise ValueError(
-                f"DeepSpeed clips at the norm its engine was built with (trainer.max_grad_norm={self.max_grad_norm}), "
-                f"not {max_grad_norm}; pass trainer.max_grad_norm"
-            )
+        assert max_grad_norm == self.max_grad_norm, "DeepSpeed clips at the norm its engine was built with"
         self.engine.step()
         return float(self.engine.get_global_grad_norm())
 
