@@ -9,6 +9,8 @@ import pytest
 from rewardmap.data.images import load_image
 from rewardmap.data.loading import load_rows
 from rewardmap.eval import compare, runner
+from rewardmap.eval.answers import append_answers, read_answers
+from rewardmap.eval.records import score_record
 from rewardmap.eval.report import headline_figures, summarize
 from rewardmap.rollout.base import Sampling
 
@@ -91,8 +93,8 @@ def test_summarize_hand_made_records():
 def test_score_record_uses_plus_verdict_route_metrics_and_reward(test_rows):
     torf = _first(test_rows, "TorF1")
     right, wrong = ("\\boxed{yes}", "\\boxed{no}") if torf["answer"] == 1 else ("\\boxed{no}", "\\boxed{yes}")
-    assert runner.score_record(torf, right)["correct"] == 1
-    assert runner.score_record(torf, wrong)["correct"] == 0
+    assert score_record(torf, right)["correct"] == 1
+    assert score_record(torf, wrong)["correct"] == 0
     plan = _first(test_rows, "planning")
     sections = next(iter(plan["routes"].values()))
     answer = "\n--\n".join(
@@ -100,27 +102,27 @@ def test_score_record_uses_plus_verdict_route_metrics_and_reward(test_rows):
         f"Arrival Stop: {s['arrival_stop']} Station"
         for s in sections
     )
-    record = runner.score_record(plan, answer)
+    record = score_record(plan, answer)
     assert record["correct"] == 1 and record["reward_correct"] == 1
     # Outside china: DA 1, no line points ("Line 2" reads as "Line Li"), 2 stop points per section; +10 if correct.
     assert record["map_score"] == min(10, 1 + 2 * len(sections)) + 10
     no_routes = {key: value for key, value in plan.items() if key != "routes"}
-    assert runner.score_record(no_routes, answer) == {
+    assert score_record(no_routes, answer) == {
         key: plan[key] for key in ("type", "difficulty_city", "country", "city")
     } | {"reward_correct": 1, "correct": 1}
-    assert runner.score_record(plan, "no idea")["correct"] == 0
+    assert score_record(plan, "no idea")["correct"] == 0
 
 
 def test_read_answers_drops_a_torn_last_line(tmp_path: Path):
     path = tmp_path / "answers.jsonl"
-    runner.append_answers(path, [{"id": "a", "response": "x"}, {"id": "b", "response": "y"}])
+    append_answers(path, [{"id": "a", "response": "x"}, {"id": "b", "response": "y"}])
     with path.open("a") as handle:
         handle.write('{"id": "c", "resp')
-    assert list(runner.read_answers(path)) == ["a", "b"]
+    assert list(read_answers(path)) == ["a", "b"]
     assert path.read_text().count("\n") == 2 and path.read_text().endswith("\n")
     path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
     with pytest.raises(ValueError, match="line 2"):
-        runner.read_answers(path)
+        read_answers(path)
 
 
 def test_resume_skips_finished_samples_and_matches_an_uninterrupted_run(tmp_path: Path, test_rows, hf_parts):
@@ -196,7 +198,7 @@ def test_eval_cli_end_to_end_then_extend_and_compare(tmp_path, tiny_model_dir, s
     assert compare.run(_parse(compare, [str(fresh), str(out / "results.json"), "--label-b", "rl"])) == 0
     table = capsys.readouterr().out
     assert "| figure | A | rl | rl − A |" in table
-    assert "| samples | 6 | 6 | +0 |" in table
+    assert "| answers | 6 | 6 | +0 |" in table
     assert "| ReasonMap-Plus overall (weighted %) |" in table
     with pytest.raises(FileNotFoundError, match="results.json"):
         compare.load_results(tmp_path / "nowhere")
@@ -205,6 +207,6 @@ def test_eval_cli_end_to_end_then_extend_and_compare(tmp_path, tiny_model_dir, s
 def test_compare_table_shows_differences():
     records = _records()
     better = [dict(r, correct=1) for r in records]
-    table = compare.compare_table(summarize(records), summarize(better), "base", "rl")
+    table = compare.compare_table({"summary": summarize(records)}, {"summary": summarize(better)}, "base", "rl")
     assert "| accuracy, all rows (plain %) | 60.00 | 100.00 | +40.00 |" in table
     assert "| accuracy TorF1 (weighted %) | 66.67 | 100.00 | +33.33 |" in table

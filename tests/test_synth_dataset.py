@@ -160,7 +160,7 @@ def test_same_seed_gives_identical_files(tmp_path: Path) -> None:
     c = generate_dataset(tmp_path / "c", cities=3, seed=8, questions_per_type=3)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    assert len(files) == 2 + 3 + 3
+    assert len(files) == 3 + 3 + 3  # train, test, reasonmap; 3 maps; 3 line lists
     for rel in files:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert (a / "train.jsonl").read_bytes() != (c / "train.jsonl").read_bytes()
@@ -182,4 +182,5 @@ def test_cli_writes_the_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert run(args) == 0
     printed = capsys.readouterr().out
     assert "train:" in printed and "test:" in printed and "planning=" in printed
+    assert "reasonmap: 4 rows (ReasonMap layout: a short and a long question each)" in printed
     assert (tmp_path / "d" / "train.jsonl").is_file() and (tmp_path / "d" / "test.jsonl").is_file()

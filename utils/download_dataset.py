@@ -1,4 +1,4 @@
-"""Download ReasonMap-Train / ReasonMap-Plus into data/: `python utils/download_dataset.py [--dataset all]`."""
+"""Download ReasonMap-Train / -Plus / ReasonMap into data/: `python utils/download_dataset.py [--dataset all]`."""
 
 import sys
 

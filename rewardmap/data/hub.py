@@ -1,4 +1,4 @@
-"""Download ReasonMap-Train / ReasonMap-Plus from the Hugging Face Hub into data/ (a dataset snapshot each)."""
+"""Download ReasonMap-Train / ReasonMap-Plus / ReasonMap from the Hugging Face Hub into data/ (a snapshot each)."""
 
 import argparse
 import logging
@@ -9,18 +9,21 @@ from pathlib import Path
 from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 
+from rewardmap.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 DATASETS = {
     "reasonmap-plus": ("FSCCS/ReasonMap-Plus", "ReasonMap-Plus"),
     "reasonmap-train": ("FSCCS/ReasonMap-Train", "ReasonMap-Train"),
+    "reasonmap": ("FSCCS/ReasonMap", "ReasonMap"),  # the benchmark: split `validation`, question pairs
 }
 
 
 def download(name: str, out: str | Path) -> Path:
     """Snapshot the dataset `name` (a key of DATASETS) into `out/<folder>` with progress bars; returns the folder."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     repo_id, folder = DATASETS[name]
     target = Path(out) / folder
     logger.info("downloading %s into %s", repo_id, target)
@@ -34,9 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dataset",
         choices=[*DATASETS, "all"],
         default="all",
-        help="which dataset: reasonmap-train (RL training), reasonmap-plus (evaluation, SFT) or all (default)",
+        help="which dataset: reasonmap-train (RL training), reasonmap-plus (evaluation, SFT), reasonmap (the "
+        "ReasonMap benchmark, evaluation) or all (default)",
     )
-    parser.add_argument("--out", default="data", help="folder that receives ReasonMap-Train/ and ReasonMap-Plus/")
+    parser.add_argument(
+        "--out", default="data", help="folder that receives ReasonMap-Train/, ReasonMap-Plus/, ReasonMap/"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""`rewardmap eval-compare A B`: two evaluations' headline figures side by side with the difference B - A."""
+"""`rewardmap eval-compare A B`: two evaluations' figures (ReasonMap's too) side by side with the difference B - A."""
 
 import argparse
 import json
@@ -6,13 +6,14 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from rewardmap.eval.report import headline_figures
+from rewardmap.errors import InputError
+from rewardmap.eval.report import comparable_figures
 
 logger = logging.getLogger(__name__)
 
 
 def load_results(path: str | Path) -> dict:
-    """The {settings, summary} of results.json, given the file or the evaluation folder that holds it."""
+    """The results.json dict ({settings, summary[, reasonmap, plus]}), given the file or the folder that holds it."""
     file = Path(path)
     file = file / "results.json" if file.is_dir() else file
     if not file.is_file():
@@ -21,16 +22,18 @@ def load_results(path: str | Path) -> dict:
         )
     results = json.loads(file.read_text(encoding="utf-8"))
     if "summary" not in results:
-        raise ValueError(f"{file}: no 'summary' key; expected the results.json written by `rewardmap eval`")
+        raise InputError(f"{file}: no 'summary' key; expected the results.json written by `rewardmap eval`")
     return results
 
 
 def compare_table(a: Mapping, b: Mapping, label_a: str = "A", label_b: str = "B") -> str:
-    """A Markdown table of both summaries' headline figures and B - A; a figure one side lacks shows as —."""
-    figures_a, figures_b = headline_figures(a), headline_figures(b)
+    """A Markdown table of two results.json dicts' figures (headline, then ReasonMap's views) and B - A; a figure
+    one side lacks shows as —."""
+    figures_a, figures_b = comparable_figures(a), comparable_figures(b)
     names = list(figures_a) + [name for name in figures_b if name not in figures_a]
+    count_a, count_b = a["summary"]["count"], b["summary"]["count"]
     lines = [f"| figure | {label_a} | {label_b} | {label_b} − {label_a} |", "| --- | ---: | ---: | ---: |"]
-    lines.append(f"| samples | {a['count']} | {b['count']} | {b['count'] - a['count']:+d} |")
+    lines.append(f"| answers | {count_a} | {count_b} | {count_b - count_a:+d} |")
     for name in names:
         value_a, value_b = figures_a.get(name), figures_b.get(name)
         delta = f"{value_b - value_a:+.2f}" if value_a is not None and value_b is not None else "—"
@@ -52,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     a, b = load_results(args.a), load_results(args.b)
     settings = [results.get("settings", {}) for results in (a, b)]
     for label, side in zip((args.label_a, args.label_b), settings, strict=True):
-        print(f"{label}: model {side.get('model')}, data {side.get('data')} (split {side.get('split')})")
+        source = f"model {side['model']}" if "model" in side else f"answers {side.get('responses')}"
+        print(f"{label}: {source}, data {side.get('data')} (split {side.get('split')})")
     if any(settings[0].get(key) != settings[1].get(key) for key in ("data", "split")):
         logger.warning("the two evaluations used different data or splits: the difference mixes data and model")
     print()
-    print(compare_table(a["summary"], b["summary"], args.label_a, args.label_b))
+    print(compare_table(a, b, args.label_a, args.label_b))
     return 0

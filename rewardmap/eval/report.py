@@ -1,11 +1,7 @@
-"""Evaluation reports: summarize scored records, headline figures, results.json / results.md and the accuracy chart."""
+"""Evaluation summaries (pure): scored records aggregated, results.json's content, the figures two runs compare."""
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-
-from matplotlib.figure import Figure
 
 from rewardmap.eval.aggregate import DIFFICULTY_WEIGHTS, aggregate_plus, aggregate_reasonmap
 
@@ -13,10 +9,16 @@ logger = logging.getLogger(__name__)
 
 TYPE_ORDER = ("TorF1", "TorF2", "Counting1", "Counting2", "Counting3", "planning")
 DIFFICULTY_ORDER = tuple(DIFFICULTY_WEIGHTS)
-ROUTE_METRICS = ("correct", "map_score", "token_count")
+# The ReasonMap figures reported side by side: (scope, kind, label) of aggregate_reasonmap's output.
+REASONMAP_VIEWS = (
+    ("original_cities", "plain", "11 original cities, plain (released)"),
+    ("original_cities", "weighted_ours", "11 original cities, weighted (ours)"),
+    ("all", "plain", "all cities, plain"),
+    ("all", "weighted_ours", "all cities, weighted (ours)"),
+)
 
 
-def _order(names: object, preferred: Sequence[str]) -> list[str]:
+def ordered(names: object, preferred: Sequence[str]) -> list[str]:
     """Names in the preferred order first, then any others alphabetically."""
     names = list(names)
     return [n for n in preferred if n in names] + sorted(n for n in names if n not in preferred)
@@ -30,15 +32,16 @@ def summarize(records: Sequence[Mapping]) -> dict:
     """Aggregate scored records (pure): accuracy overall / per type / per difficulty, Plus groups, route metrics.
 
     Accuracies are {"weighted", "plain", "count"} with difficulty weights easy 1.0, middle 1.5, hard 2.0 (EVAL_SPEC
-    §7); a planning row counts with its ReasonMap route accuracy (or the reward's verdict when it has no routes).
-    `planning.reasonmap` is aggregate_reasonmap's short-question figures (plain means and "weighted_ours").
+    §7); a planning row counts with its ReasonMap route accuracy (or the reward's verdict when it has no routes); a
+    ReasonMap benchmark row counts as two planning answers (short, long). `planning.reasonmap` is
+    aggregate_reasonmap's short-question figures (plain means and "weighted_ours").
     """
     everything = aggregate_plus(records)
     plus = aggregate_plus([r for r in records if r["type"] != "planning"])
     planning = [r for r in records if r["type"] == "planning"]
     routes = [r for r in planning if r.get("question") == "short"]
-    reward = aggregate_plus([{**r, "correct": r["reward_correct"]} for r in planning])
-    difficulties = _order(everything["difficulties"], DIFFICULTY_ORDER)
+    reward = aggregate_plus([{**r, "correct": r["reward_correct"]} for r in planning if "reward_correct" in r])
+    difficulties = ordered(everything["difficulties"], DIFFICULTY_ORDER)
     by_difficulty = {d: [r for r in records if _difficulty(r) == d] for d in difficulties}
     return {
         "count": len(records),
@@ -59,13 +62,32 @@ def summarize(records: Sequence[Mapping]) -> dict:
     }
 
 
+def build_results(records: Sequence[Mapping], settings: Mapping) -> dict:
+    """results.json: {"settings", "summary"}, plus "reasonmap" (aggregate_reasonmap of the ReasonMap benchmark's
+    answers) and "plus" (aggregate_plus of the TorF / Counting answers) when such answers were scored."""
+    results = {"settings": dict(settings), "summary": summarize(records)}
+    reasonmap = [r for r in records if r.get("benchmark") == "reasonmap"]
+    plus = [r for r in records if r["type"] != "planning"]
+    if reasonmap:
+        results["reasonmap"] = aggregate_reasonmap(reasonmap)
+    if plus:
+        results["plus"] = aggregate_plus(plus)
+    return results
+
+
+def paper_scope(reasonmap: Mapping) -> str:
+    """The scope of the paper's ReasonMap columns: the 11 cities of the released cal_metrics.py, or all cities
+    when the split holds none of them (a synthetic split)."""
+    return "original_cities" if reasonmap["original_cities"]["short"]["plain"]["count"] else "all"
+
+
 def headline_figures(summary: Mapping) -> dict[str, float]:
     """The figures a user compares between two evaluations, accuracies in %, map scores as scored (short: /20)."""
     figures = {"accuracy, all rows (weighted %)": 100 * summary["overall"]["weighted"]}
     figures["accuracy, all rows (plain %)"] = 100 * summary["overall"]["plain"]
-    for name in _order(summary["types"], TYPE_ORDER):
+    for name in ordered(summary["types"], TYPE_ORDER):
         figures[f"accuracy {name} (weighted %)"] = 100 * summary["types"][name]["weighted"]
-    for name in _order(summary["difficulties"], DIFFICULTY_ORDER):
+    for name in ordered(summary["difficulties"], DIFFICULTY_ORDER):
         figures[f"accuracy {name} (%)"] = 100 * summary["difficulties"][name]["plain"]
     plus = summary["plus"]
     if plus["overall"]["count"]:
@@ -84,117 +106,24 @@ def headline_figures(summary: Mapping) -> dict[str, float]:
     return figures
 
 
-def _cell(value: float | None, scale: float = 100.0) -> str:
-    return "—" if value is None else f"{scale * value:.2f}"
+def reasonmap_figures(reasonmap: Mapping) -> dict[str, float | None]:
+    """The paper's ReasonMap columns (accuracy %, map score) for each view of REASONMAP_VIEWS that has answers."""
+    figures: dict[str, float | None] = {}
+    for scope, kind, label in REASONMAP_VIEWS:
+        short, long = (reasonmap[scope][question][kind] for question in ("short", "long"))
+        if not short["count"] and not long["count"]:
+            continue
+        for name, value in (("acc. short", short["correct"]), ("acc. long", long["correct"])):
+            figures[f"ReasonMap {name} ({label}, %)"] = None if value is None else 100 * value
+        figures[f"ReasonMap map score short ({label})"] = short["map_score"]
+        figures[f"ReasonMap map score long ({label})"] = long["map_score"]
+    return figures
 
 
-def _type_table(summary: Mapping) -> list[str]:
-    """Accuracy per type: n, weighted, plain, then the plain accuracy within each difficulty."""
-    difficulties = list(summary["types_by_difficulty"])
-    lines = [
-        "| type | n | weighted | plain | " + " | ".join(difficulties) + " |",
-        "| --- | ---: | ---: | ---: |" + " ---: |" * len(difficulties),
-    ]
-    rows = [(name, summary["types"][name]) for name in _order(summary["types"], TYPE_ORDER)]
-    for name, means in rows + [("**all**", summary["overall"])]:
-        cells = []
-        for difficulty in difficulties:
-            source = summary["types_by_difficulty"][difficulty] if name != "**all**" else summary["difficulties"]
-            key = name if name != "**all**" else difficulty
-            cells.append(_cell(source[key]["plain"]) if key in source else "—")
-        row = f"| {name} | {means['count']} | {_cell(means['weighted'])} | {_cell(means['plain'])} | "
-        lines.append(row + " | ".join(cells) + " |")
-    return lines
-
-
-def _plus_table(summary: Mapping) -> list[str]:
-    """ReasonMap-Plus accuracy overall and per group (Counting, TorF, TorF1, TorF2)."""
-    lines = ["| group | n | weighted | plain |", "| --- | ---: | ---: | ---: |"]
-    groups = {"overall": summary["plus"]["overall"], **summary["plus"]["groups"]}
-    for name, means in groups.items():
-        if means["count"]:
-            lines.append(f"| {name} | {means['count']} | {_cell(means['weighted'])} | {_cell(means['plain'])} |")
-    return lines
-
-
-def _route_table(summary: Mapping) -> list[str]:
-    """Route planning per difficulty: ReasonMap accuracy and map score (plain, weighted ours), reward accuracy."""
-    planning = summary["planning"]
-    lines = [
-        "| difficulty | n | accuracy | accuracy (weighted, ours) | map score | map score (weighted, ours) | tokens "
-        "| reward accuracy |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    rows = list(planning["reasonmap_by_difficulty"].items()) + [("**all**", planning["reasonmap"]["all"])]
-    rewards = planning["reward_accuracy"]["difficulties"] | {"**all**": planning["reward_accuracy"]["overall"]}
-    for name, figures in rows:
-        plain, weighted = figures["plain"], figures["weighted_ours"]
-        lines.append(
-            f"| {name} | {plain['count']} | {_cell(plain['correct'])} | {_cell(weighted['correct'])} "
-            f"| {_cell(plain['map_score'], 1)} | {_cell(weighted['map_score'], 1)} "
-            f"| {_cell(plain['token_count'], 1)} | {_cell(rewards[name]['plain'])} |"
-        )
-    return lines
-
-
-def render_markdown(summary: Mapping, settings: Mapping) -> str:
-    """results.md: the settings line, then accuracy per type and difficulty, Plus groups and route metrics."""
-    sampling = "greedy" if settings.get("temperature", 0) <= 0 else f"temperature {settings.get('temperature')}"
-    parts = [
-        "# Evaluation results",
-        "",
-        f"Model `{settings.get('model')}` on `{settings.get('data')}` (split {settings.get('split')}), "
-        f"{summary['count']} samples; engine {settings.get('engine')}, {sampling}, "
-        f"max_new_tokens {settings.get('max_new_tokens')}, "
-        f"pixels {settings.get('min_pixels')}..{settings.get('max_pixels')}.",
-        "",
-        "## Accuracy by question type and difficulty (%)",
-        "",
-        *_type_table(summary),
-        "",
-        "Weighted: difficulty_city weights easy 1.0, middle 1.5, hard 2.0 (ReasonMap-Plus `cal_metrics.py`). "
-        "Planning rows count with their ReasonMap route accuracy (the reward's verdict when a row has no routes).",
-    ]
-    if summary["plus"]["overall"]["count"]:
-        parts += ["", "## ReasonMap-Plus (TorF and Counting rows, %)", "", *_plus_table(summary)]
-    if summary["planning"]["reasonmap"]["all"]["plain"]["count"]:
-        parts += [
-            "",
-            "## Route planning (ReasonMap short-question metrics; accuracy %, map score out of 20)",
-            "",
-            *_route_table(summary),
-            "",
-            'Plain means are the released `cal_metrics.py` figures; "weighted, ours" uses the difficulty weights '
-            "above (the paper's weights are unpublished, EVAL_SPEC §7). "
-            "Reward accuracy: `compute_score(...).correct`.",
-        ]
-    return "\n".join(parts) + "\n"
-
-
-def plot_accuracy(summary: Mapping, path: str | Path) -> None:
-    """A PNG bar chart: weighted accuracy per type (and all rows), plain accuracy per difficulty."""
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    left, right = figure.subplots(1, 2, width_ratios=(3, 1.4))
-    types = _order(summary["types"], TYPE_ORDER)
-    difficulties = _order(summary["difficulties"], DIFFICULTY_ORDER)
-    by_type = [summary["types"][t]["weighted"] for t in types] + [summary["overall"]["weighted"]]
-    by_difficulty = [summary["difficulties"][d]["plain"] for d in difficulties]
-    panels = ((left, types + ["all"], by_type), (right, difficulties, by_difficulty))
-    for axes, names, values in panels:
-        bars = axes.bar(names, [100 * v for v in values], color="#4C72B0")
-        axes.bar_label(bars, fmt="%.1f", fontsize=8)
-        axes.set_ylim(0, 105)
-        axes.set_ylabel("accuracy (%)")
-    left.set_title(f"weighted accuracy by type ({summary['count']} samples)")
-    right.set_title("accuracy by city difficulty")
-    figure.savefig(path, dpi=120)
-
-
-def write_reports(out_dir: str | Path, summary: Mapping, settings: Mapping) -> None:
-    """Write results.json ({settings, summary}), results.md and accuracy.png into `out_dir`."""
-    out = Path(out_dir)
-    results = {"settings": dict(settings), "summary": summary}
-    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(render_markdown(summary, settings), encoding="utf-8")
-    plot_accuracy(summary, out / "accuracy.png")
-    logger.info("wrote %s/results.json, results.md, accuracy.png", out)
+def comparable_figures(results: Mapping) -> dict[str, float | None]:
+    """All figures `rewardmap eval-compare` shows for one results.json: the headline ones, then ReasonMap's."""
+    figures: dict[str, float | None] = dict(headline_figures(results["summary"]))
+    if "reasonmap" in results:  # the benchmark's own views replace the summary's short-question route figures
+        figures = {name: value for name, value in figures.items() if not name.startswith("ReasonMap short ")}
+        figures |= reasonmap_figures(results["reasonmap"])
+    return figures

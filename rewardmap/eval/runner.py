@@ -1,10 +1,8 @@
-"""`rewardmap eval`: batched generation over dataset rows, per-row scoring, resumable answers.jsonl, result reports."""
+"""`rewardmap eval`: generate and score answers (or score answers produced elsewhere), resumable, with reports."""
 
 import argparse
-import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,12 +11,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from rewardmap.data.images import MAX_PIXELS, MIN_PIXELS, load_image
-from rewardmap.data.loading import load_rows
-from rewardmap.data.prompts import render_prompt
-from rewardmap.eval.plus import score_plus
-from rewardmap.eval.report import summarize, write_reports
-from rewardmap.eval.routes import score_reasonmap
-from rewardmap.reward import compute_score
+from rewardmap.data.loading import MapDataset, load_rows
+from rewardmap.data.schema import is_reasonmap_row
+from rewardmap.errors import InputError
+from rewardmap.eval.answers import ANSWER_FORMATS, append_answers, read_answers, read_responses, replace_file
+from rewardmap.eval.output import write_reports
+from rewardmap.eval.records import make_record, questions_of, record_id, render_question
+from rewardmap.eval.report import build_results
 from rewardmap.rollout.base import RolloutEngine, Sampling
 
 logger = logging.getLogger(__name__)
@@ -26,33 +25,34 @@ logger = logging.getLogger(__name__)
 ANSWERS_FILE = "answers.jsonl"
 SETTINGS_FILE = "settings.json"
 ENGINES = ("hf", "vllm")
+# Settings that only change how stored answers are scored: a resumed run may change them (all answers are re-scored).
+RESCORED = ("answer_format",)
+REASONMAP_MAX_NEW_TOKENS = 2048  # the benchmark's main.py
+DEFAULT_MAX_NEW_TOKENS = 512
 
 
-def sample_id(index: int, question: str) -> str:
-    """A stable id for row `index`: its position plus a hash of its question (a changed dataset changes the id)."""
-    return f"{index:06d}-{hashlib.sha256(question.encode('utf-8')).hexdigest()[:12]}"
-
-
-def score_record(row: Mapping, response: str) -> dict:
-    """The metrics of one answer to one row.
-
-    TorF/Counting rows: `correct` = the ReasonMap-Plus verdict. Planning rows: `reward_correct` = the reward's
-    verdict (released variant) and, when the row has reference `routes`, the ReasonMap short-question figures
-    (`correct`, `map_score`, ...); without routes `correct` is the reward's verdict.
-    """
-    record = {key: row.get(key) for key in ("type", "difficulty_city", "country", "city")}
-    if row["type"] != "planning":
-        return record | {"correct": int(score_plus(response, row))}
-    record["reward_correct"] = int(compute_score(response, row).correct)
-    if not row.get("routes"):
-        return record | {"correct": record["reward_correct"]}
-    return record | {"question": "short"} | score_reasonmap(response, row, question="short")
-
-
-def _record(index: int, row: Mapping, generation: Mapping) -> dict:
-    """The answers.jsonl entry of a row: id, index, the generation (text, token count, finished) and its scores."""
-    kept = {key: generation[key] for key in ("response", "token_count", "finished")}
-    return {"id": sample_id(index, row["question"]), "index": index} | kept | score_record(row, kept["response"])
+def _answer_batch(
+    engine: RolloutEngine,
+    processor: Any,
+    rows: Sequence[Mapping],
+    batch: list[tuple[int, str | None]],
+    sampling: Sampling,
+    image_fn: Callable[[Mapping], Image.Image],
+    answer_format: str,
+) -> list[dict]:
+    """Generate and score one batch of (row index, question) answers; each map is loaded once per batch."""
+    batch_rows = {index: rows[index] for index, _ in batch}
+    images = {index: image_fn(row) for index, row in batch_rows.items()}
+    prompts = [render_question(processor, batch_rows[index], question) for index, question in batch]
+    outputs = engine.generate(prompts, [images[index] for index, _ in batch], 1, sampling)
+    records = []
+    for (index, question), (completion, *_) in zip(batch, outputs, strict=True):
+        tokens = len(completion.token_ids)
+        if question is not None:  # the benchmark counts a ReasonMap answer's tokens by re-tokenizing its text
+            tokens = len(processor.tokenizer(completion.text)["input_ids"])
+        answer = {"response": completion.text, "token_count": tokens, "finished": completion.finished}
+        records.append(make_record(index, batch_rows[index], question, answer, answer_format))
+    return records
 
 
 def evaluate_rows(
@@ -66,84 +66,57 @@ def evaluate_rows(
     done: Mapping[str, Mapping] | None = None,
     on_batch: Callable[[list[dict]], None] | None = None,
     progress: bool = True,
+    answer_format: str = "plain",
 ) -> list[dict]:
-    """Generate one answer per row (batched) and score it; returns one record per row, in row order.
+    """Generate the answers the rows ask for (batched) and score them; returns the records in row order.
 
-    Rows whose id is in `done` (earlier records) are not generated again: their stored response is re-scored.
+    A Train / Plus row asks one question (one record); a ReasonMap benchmark row two, short then long. Answers whose
+    id is in `done` (earlier records) are not generated again: their stored response is re-scored.
     `on_batch` receives each batch's new records as soon as they are scored (the CLI appends them to disk).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     done = done or {}
-    records: list[dict | None] = [None] * len(rows)
-    todo = []
+    records: dict[tuple[int, str | None], dict] = {}
+    order, todo = [], []
     for index in range(len(rows)):
         row = rows[index]
-        previous = done.get(sample_id(index, row["question"]))
-        if previous is None:
-            todo.append(index)
-        else:
-            records[index] = _record(index, row, previous)
-    if len(todo) < len(rows):
-        logger.info("resuming: %d of %d samples already answered", len(rows) - len(todo), len(rows))
-    with tqdm(total=len(rows), initial=len(rows) - len(todo), desc="eval", unit="sample", disable=not progress) as bar:
+        for question in questions_of(row):
+            order.append((index, question))
+            previous = done.get(record_id(index, row, question))
+            if previous is None:
+                todo.append((index, question))
+            else:
+                records[(index, question)] = make_record(index, row, question, previous, answer_format)
+    if records:
+        logger.info("resuming: %d of %d answers already there", len(records), len(order))
+    with tqdm(total=len(order), initial=len(records), desc="eval", unit="answer", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
-            batch = [(index, rows[index]) for index in todo[start : start + batch_size]]
-            prompts = [render_prompt(processor, row["question"]) for _, row in batch]
-            images = [image_fn(row) for _, row in batch]
-            outputs = engine.generate(prompts, images, 1, sampling)
-            new = [
-                _record(index, row, {"response": c.text, "token_count": len(c.token_ids), "finished": c.finished})
-                for (index, row), (c, *_) in zip(batch, outputs, strict=True)
-            ]
-            for record in new:
-                records[record["index"]] = record
+            batch = todo[start : start + batch_size]
+            new = _answer_batch(engine, processor, rows, batch, sampling, image_fn, answer_format)
+            records.update(zip(batch, new, strict=True))
             if on_batch is not None:
                 on_batch(new)
             bar.update(len(batch))
-    return records
-
-
-def read_answers(path: Path) -> dict[str, dict]:
-    """Finished records of answers.jsonl by id; a torn last line (a write cut short) is dropped from the file."""
-    if not path.is_file():
-        return {}
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    records = {}
-    for number, line in enumerate(lines, start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            if number < len(lines):
-                raise ValueError(f"{path}: line {number} is not JSON ({err}); delete the line or the file") from err
-            logger.warning("%s: dropping the torn last line %d (an interrupted write)", path, number)
-            path.write_text("".join(lines[:-1]), encoding="utf-8")
-            break
-        records[record["id"]] = record
-    return records
-
-
-def append_answers(path: Path, records: Sequence[Mapping]) -> None:
-    """Append records as JSON lines and fsync, so a crash loses at most the batch being generated."""
-    with path.open("a", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-        handle.flush()
-        os.fsync(handle.fileno())
+    return [records[key] for key in order]
 
 
 def check_settings(out_dir: Path, settings: Mapping) -> None:
-    """Write settings.json, or refuse to resume an output folder made with other settings (mixing two runs)."""
+    """Write settings.json, or refuse to resume an output folder made with other settings (mixing two runs).
+
+    RESCORED settings may differ: every stored answer is scored again with the new value.
+    """
     path = out_dir / SETTINGS_FILE
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))
-        changed = {key: (old.get(key), value) for key, value in settings.items() if old.get(key) != value}
+        keys = [key for key in {**old, **settings} if key not in RESCORED]
+        changed = {key: (old.get(key), settings.get(key)) for key in keys if old.get(key) != settings.get(key)}
         if changed:
             described = ", ".join(f"{key}: {was!r} -> {now!r}" for key, (was, now) in changed.items())
-            raise ValueError(
+            raise InputError(
                 f"{out_dir} holds answers made with other settings ({described}); pass another --out or delete it"
             )
-        return
-    path.write_text(json.dumps(dict(settings), indent=2) + "\n", encoding="utf-8")
+    replace_file(path, json.dumps(dict(settings), indent=2) + "\n")
 
 
 def run_evaluation(
@@ -156,6 +129,7 @@ def run_evaluation(
     sampling: Sampling,
     batch_size: int,
     image_fn: Callable[[Mapping], Image.Image],
+    answer_format: str = "plain",
 ) -> dict:
     """Evaluate `rows` into `out_dir` (resumable answers.jsonl, results.json/.md, accuracy.png); return the summary."""
     out = Path(out_dir)
@@ -171,24 +145,77 @@ def run_evaluation(
         image_fn=image_fn,
         done=read_answers(answers),
         on_batch=lambda new: append_answers(answers, new),
+        answer_format=answer_format,
     )
-    summary = summarize(records)
-    write_reports(out, summary, settings)
-    return summary
+    results = build_results(records, settings)
+    write_reports(out, results)
+    return results["summary"]
+
+
+def score_responses(
+    rows: Sequence[Mapping], responses: Path, out_dir: str | Path, *, settings: Mapping, answer_format: str = "plain"
+) -> dict:
+    """Score answers produced elsewhere (see `read_responses`) into `out_dir`: answers.jsonl (rewritten whole),
+    results.json/.md and accuracy.png; no model is loaded. Returns the summary."""
+    answers = read_responses(responses, rows)
+    if not answers:
+        raise InputError(f"--responses {responses}: no answers in the file; write one JSON line per answered row")
+    if len(answers) < len(rows):
+        logger.warning("%s answers %d of %d rows; only those are scored", responses, len(answers), len(rows))
+    records = [
+        make_record(index, rows[index], question, {"response": text, "token_count": tokens}, answer_format)
+        for index in sorted(answers)
+        for question, (text, tokens) in answers[index].items()
+    ]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    check_settings(out, settings)
+    replace_file(out / ANSWERS_FILE, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    results = build_results(records, settings)
+    write_reports(out, results)
+    return results["summary"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `rewardmap eval` options."""
-    parser.add_argument("--model", required=True, help="Qwen2.5-VL model directory (a merged checkpoint)")
-    parser.add_argument("--data", required=True, help="dataset folder or file (ReasonMap-Plus / synthetic schema)")
+    parser.add_argument("--model", default=None, help="Qwen2.5-VL model directory (a merged checkpoint) to answer")
+    parser.add_argument(
+        "--responses",
+        type=Path,
+        default=None,
+        help="score the answers in this JSONL instead (no model loaded): one line per answered row, "
+        '{"index": i, "response": ...} or, for ReasonMap rows, {"index": i, "response_short": ..., '
+        '"response_long": ...}',
+    )
+    parser.add_argument(
+        "--data", required=True, help="dataset folder or file: ReasonMap, ReasonMap-Plus, ReasonMap-Train, synthetic"
+    )
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument(
+        "--metro-root",
+        default=None,
+        help="folder that relative `json` line-list paths resolve against (default: the --data folder)",
+    )
+    parser.add_argument(
+        "--answer-format",
+        choices=ANSWER_FORMATS,
+        default="plain",
+        help="answer text of a response: plain (Qwen, InternVL), kimi (after the last ◁/think▷), skywork (after the "
+        "last </think>), qvq (the \\text{} parts of boxed{}); default plain",
+    )
     parser.add_argument("--engine", choices=ENGINES, default="hf", help="rollout engine: hf or vllm (default: hf)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows (default: all)")
     parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default: outputs/eval/<model>-<data>-<split>)"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default: 8)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length cap in tokens (default: 512)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"answer length cap in tokens (default: {REASONMAP_MAX_NEW_TOKENS} for ReasonMap rows, as the benchmark; "
+        f"{DEFAULT_MAX_NEW_TOKENS} otherwise)",
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
@@ -218,22 +245,22 @@ def _engine(args: argparse.Namespace, processor: Any) -> RolloutEngine:
     return HFRolloutEngine(model, processor, batch_size=args.batch_size)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Evaluate a model on a dataset split and print the results table."""
+def _generate(args: argparse.Namespace, dataset: MapDataset, common: Mapping) -> Path:
+    """Answer the rows with the model of --model (resumable) and score them; returns the output folder."""
     from rewardmap.models.loading import load_processor
 
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    dataset = load_rows(args.data, split=args.split)
-    rows = [dataset[i] for i in range(min(len(dataset), args.limit))] if args.limit else dataset
+    rows = dataset.head(args.limit) if args.limit else dataset
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens is None:
+        reasonmap = any(is_reasonmap_row(row) for row in dataset.rows)
+        max_new_tokens = REASONMAP_MAX_NEW_TOKENS if reasonmap else DEFAULT_MAX_NEW_TOKENS
     out = args.out or Path("outputs/eval") / f"{Path(args.model).name}-{Path(args.data).name}-{args.split}"
-    sampling = Sampling(max_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    sampling = Sampling(max_tokens=max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     settings = {
         "model": str(Path(args.model).resolve()),
-        "data": str(Path(args.data).resolve()),
-        "split": args.split,
+        **common,
         "engine": args.engine,
-        "max_new_tokens": args.max_new_tokens,
+        "max_new_tokens": max_new_tokens,
         "temperature": args.temperature,
         "top_p": args.top_p,
         "seed": args.seed,
@@ -260,7 +287,31 @@ def run(args: argparse.Namespace) -> int:
         sampling=sampling,
         batch_size=args.batch_size,
         image_fn=image_fn,
+        answer_format=args.answer_format,
     )
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate a model (or score a file of answers) on a dataset split and print the results tables."""
+    if (args.model is None) == (args.responses is None):
+        raise InputError(
+            "pass --model MODEL_DIR to generate answers, or --responses FILE to score answers produced elsewhere "
+            "(one of the two)"
+        )
+    if args.limit is not None and (args.limit < 1 or args.responses is not None):
+        raise InputError(
+            f"--limit {args.limit}: it selects the first N >= 1 rows to generate; with --responses the file "
+            "decides which rows are scored, so drop --limit"
+        )
+    dataset = load_rows(args.data, split=args.split, metro_root=args.metro_root)
+    common = {"data": str(Path(args.data).resolve()), "split": args.split, "answer_format": args.answer_format}
+    if args.responses is None:
+        out = _generate(args, dataset, common)
+    else:
+        out = args.out or Path("outputs/eval") / f"{args.responses.stem}-{Path(args.data).name}-{args.split}"
+        settings = {"responses": str(args.responses.resolve()), **common}
+        score_responses(dataset.rows, args.responses, out, settings=settings, answer_format=args.answer_format)
     print((out / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {out}/results.json, results.md, accuracy.png, answers.jsonl")
     return 0

@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cities", type=int, default=6, help="synthetic cities to generate (default 6)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and tiny model (default 0)")
     parser.add_argument("--eval-limit", type=int, default=60, help="held-out rows evaluated at the end (default 60)")
+    parser.add_argument(
+        "--reasonmap-limit", type=int, default=20, help="synthetic ReasonMap rows evaluated at the end (default 20)"
+    )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="demo config (default configs/demo.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides on top of the demo config, e.g. sft.steps=20")
 
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = args.out
     data_dir = out / "data"
-    if not (data_dir / "train.jsonl").is_file():
+    if not (data_dir / "reasonmap.jsonl").is_file():  # older demo folders lack the ReasonMap split
         generate_dataset(data_dir, cities=args.cities, seed=args.seed)
     model_dir = out / "tiny_model"
     if not (model_dir / "config.json").is_file():
@@ -65,5 +68,9 @@ def run(args: argparse.Namespace) -> int:
         f"--image-cache-dir={config.data.image_cache_dir}",
     ]
     runner.run(evaluate.parse_args(eval_args))
+    # The synthetic ReasonMap split: both questions of each row, scored and aggregated as the benchmark does.
+    benchmark_args = [arg for arg in eval_args if not arg.startswith(("--split=", "--limit=", "--out="))]
+    benchmark_args += ["--split=reasonmap", f"--limit={args.reasonmap_limit}", f"--out={out / 'eval_reasonmap'}"]
+    runner.run(evaluate.parse_args(benchmark_args))
     print(f"[demo] total {time.perf_counter() - start:.0f} s")
     return 0

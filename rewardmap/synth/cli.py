@@ -1,4 +1,4 @@
-"""`rewardmap synth`: write a synthetic transit-map dataset (maps, metro JSON, train/test JSONL, ReasonMap schema)."""
+"""`rewardmap synth`: write a synthetic transit-map dataset (maps, metro JSON, train/test/reasonmap JSONL splits)."""
 
 import argparse
 import logging
@@ -43,5 +43,7 @@ def run(args: argparse.Namespace) -> int:
         lines = (out / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()
         counts = Counter(line.split('"type": "', 1)[1].split('"', 1)[0] for line in lines)
         print(f"{split}: {len(lines)} rows  " + "  ".join(f"{t}={n}" for t, n in sorted(counts.items())))
+    benchmark = (out / "reasonmap.jsonl").read_text(encoding="utf-8").splitlines()
+    print(f"reasonmap: {len(benchmark)} rows (ReasonMap layout: a short and a long question each)")
     print(f"wrote {out}")
     return 0

@@ -1,4 +1,4 @@
-"""Writing a synthetic dataset: maps, metro JSON files and train/test JSONL rows in the ReasonMap-Train schema."""
+"""Writing a synthetic dataset: maps, metro JSON, train/test rows (ReasonMap-Train schema), a ReasonMap split."""
 
 import json
 import logging
@@ -8,8 +8,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rewardmap.errors import InputError
 from rewardmap.synth.network import Network, difficulty_of, generate_names, generate_network, metro_json, station_lines
 from rewardmap.synth.questions import make_questions
+from rewardmap.synth.reasonmap import reasonmap_rows
 from rewardmap.synth.render import render_map
 
 logger = logging.getLogger(__name__)
@@ -61,27 +63,34 @@ def generate_dataset(
 
     Writes maps/synthland/<city>.png, stations/synthland/<city>.json, train.jsonl and test.jsonl. The test split
     holds every question of the last round(cities * test_fraction) cities (at least one when cities >= 2) plus
-    test_fraction of the other cities' questions; train holds the rest. Same arguments -> byte-identical files."""
+    test_fraction of the other cities' questions; train holds the rest. reasonmap.jsonl (split `reasonmap`) holds
+    `questions_per_type` ReasonMap benchmark rows per city (short and long questions, embedded line lists): odd
+    cities in the benchmark's china convention, every third city's map embedded as base64 (see
+    `rewardmap.synth.reasonmap`). Same arguments -> byte-identical files."""
     if not 1 <= cities <= 500:
-        raise ValueError(f"cities must be in 1..500 (distinct generated city names), got {cities}")
+        raise InputError(f"cities must be in 1..500 (distinct generated city names), got {cities}")
     if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+        raise InputError(f"test_fraction must be in [0, 1), got {test_fraction}")
     out = Path(out_dir)
     (out / "maps" / COUNTRY).mkdir(parents=True, exist_ok=True)
     (out / "stations" / COUNTRY).mkdir(parents=True, exist_ok=True)
     names = generate_names(random.Random(f"cities-{seed}"), cities, second_word_p=0.0)
     held_out = 0 if cities < 2 else max(1, round(cities * test_fraction))
-    train, test = [], []
+    train, test, benchmark = [], [], []
     for index, name in enumerate(tqdm(names, desc="synth cities", unit="city")):
         rng = random.Random(f"{seed}-{index}")
         city_id = re.sub(r"[^a-z0-9]+", "_", name.lower())
         net = generate_network(rng, city_id, DIFFICULTIES[index % 3])
         difficulty = difficulty_of(len(net.lines), len(station_lines(net.lines)))
         image, _ = render_map(net, image_size, title=name)
-        image.save(out / "maps" / COUNTRY / f"{city_id}.png", optimize=True)
+        figure = out / "maps" / COUNTRY / f"{city_id}.png"
+        image.save(figure, optimize=True)
         metro = json.dumps(metro_json(net), ensure_ascii=False, indent=2)
         (out / "stations" / COUNTRY / f"{city_id}.json").write_text(metro + "\n", encoding="utf-8")
         rows = _city_rows(net, difficulty, make_questions(net, rng, questions_per_type))
+        embedded = figure.read_bytes() if index % 3 == 2 else f"./maps/{COUNTRY}/{city_id}.png"
+        pair_rng = random.Random(f"reasonmap-{seed}-{index}")  # its own stream: train/test stay as they were
+        benchmark += reasonmap_rows(net, difficulty, pair_rng, questions_per_type, embedded, china=index % 2 == 1)
         if index >= cities - held_out:
             test += rows
             continue
@@ -91,5 +100,7 @@ def generate_dataset(
         train += rows[cut:]
     _write_jsonl(out / "train.jsonl", train)
     _write_jsonl(out / "test.jsonl", test)
-    logger.info("synth: %d cities, %d train and %d test rows in %s", cities, len(train), len(test), out)
+    _write_jsonl(out / "reasonmap.jsonl", benchmark)
+    counts = (len(train), len(test), len(benchmark))
+    logger.info("synth: %d cities, %d train, %d test and %d ReasonMap rows in %s", cities, *counts, out)
     return out
