@@ -126,7 +126,8 @@ def test_two_process_run_resumes_exactly_after_sigkill(tiny_model_dir, synth_dat
 def test_two_nodes_on_one_machine_train_together(tiny_model_dir, synth_dataset_dir, tmp_path):
     """scripts/reward_map.sh on two "nodes" (one process each, rendezvous on 127.0.0.1), as the README's commands."""
     out = tmp_path / "run"
-    overrides = small_overrides(tiny_model_dir, synth_dataset_dir, out, "trainer.max_steps=2")
+    validation = (f"data.val_files={synth_dataset_dir}", "data.val_limit=3", "trainer.val_freq=2")
+    overrides = small_overrides(tiny_model_dir, synth_dataset_dir, out, "trainer.max_steps=2", *validation)
     script = ["bash", str(REPO / "scripts" / "reward_map.sh"), "--config", str(DEMO), *overrides]
     port = str(free_port())
     nodes = [
@@ -138,7 +139,9 @@ def test_two_nodes_on_one_machine_train_together(tiny_model_dir, synth_dataset_d
     assert saved.name == "step_000002"
     assert json.loads((saved / "trainer_state.json").read_text())["world_size"] == 2
     assert sorted(path.name for path in (saved / "rng").iterdir()) == ["rank_00000.pt", "rank_00001.pt"]
-    assert [record["batch/sequences_per_rank"] for record in read_metrics(out)] == [2, 2]
+    records = read_metrics(out)
+    assert [record["batch/sequences_per_rank"] for record in records] == [2, 2]
+    assert 0.0 <= records[1]["val/accuracy"] <= 1.0  # 3 held-out rows answered by 2 ranks, each counted once
 
 
 def test_lora_in_two_processes_trains_checkpoints_and_merges(tiny_model_dir, synth_dataset_dir, tmp_path):

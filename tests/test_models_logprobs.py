@@ -134,5 +134,5 @@ def test_shape_errors_name_the_problem(model, processor, images, completions) ->
         completion_logprobs(
             model, {**batch, "image_grid_thw": batch["image_grid_thw"][:2]}, ids, mask, micro_batch_size=1
         )
-    with pytest.raises(ValueError, match="one image per question"):
+    with pytest.raises(ValueError, match="3 prompts but 2 images; pass one image per prompt"):
         build_prompt_inputs(processor, QUESTIONS, images[:2])

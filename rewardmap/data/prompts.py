@@ -1,7 +1,11 @@
-"""The one place prompts are built: system message, then the map image and the row's question (as released)."""
+"""The one place prompts are built: system message, then the map image and the row's question (as released); and
+their tensors."""
 
 import logging
+from collections.abc import Sequence
 from typing import Any
+
+from rewardmap.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -32,3 +36,21 @@ def render_prompt(processor: Any, question: str, with_image: bool = True) -> str
     """
     messages = build_messages(question, with_image)
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_tensors(
+    processor: Any, prompts: Sequence[str], images: Sequence[Any] | None, max_length: int | None = None
+) -> Any:
+    """Processor output for rendered prompts, left-padded: input_ids/attention_mask (B, P), and pixel_values with
+    image_grid_thw when `images` (one per prompt) is given. With `max_length`, a longer prompt is refused."""
+    if images is not None and len(images) != len(prompts):
+        raise InputError(f"got {len(prompts)} prompts but {len(images)} images; pass one image per prompt")
+    image_list = list(images) if images is not None else None
+    inputs = processor(text=list(prompts), images=image_list, padding=True, padding_side="left", return_tensors="pt")
+    longest = int(inputs["attention_mask"].sum(-1).max())
+    if max_length is not None and longest > max_length:
+        raise InputError(
+            f"a prompt has {longest} tokens, over data.max_prompt_length={max_length}; lower data.max_pixels or raise "
+            "data.max_prompt_length"
+        )
+    return inputs

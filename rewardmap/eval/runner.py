@@ -18,7 +18,7 @@ from rewardmap.eval.answers import ANSWER_FORMATS, append_answers, read_answers,
 from rewardmap.eval.output import write_reports
 from rewardmap.eval.records import make_record, questions_of, record_id, render_question
 from rewardmap.eval.report import build_results
-from rewardmap.rollout.base import RolloutEngine, Sampling
+from rewardmap.rollout import RolloutEngine, Sampling, build_engine
 
 logger = logging.getLogger(__name__)
 
@@ -230,19 +230,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _engine(args: argparse.Namespace, processor: Any) -> RolloutEngine:
-    """The engine named by --engine (vLLM is imported only when asked for)."""
+    """The engine named by --engine on --model (the HF engine loads the model here)."""
     if args.engine == "vllm":
-        from rewardmap.rollout.vllm import VLLMRolloutEngine
-
         dtype = {None: "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(args.dtype, args.dtype)
-        return VLLMRolloutEngine(
-            str(args.model), dtype=dtype, seed=args.seed, min_pixels=args.min_pixels, max_pixels=args.max_pixels
-        )
+        options = {"dtype": dtype, "seed": args.seed, "min_pixels": args.min_pixels, "max_pixels": args.max_pixels}
+        return build_engine("vllm", processor, model_path=args.model, vllm_options=options)
     from rewardmap.models.loading import load_policy
-    from rewardmap.rollout.hf import HFRolloutEngine
 
     model = load_policy(args.model, dtype=args.dtype)
-    return HFRolloutEngine(model, processor, batch_size=args.batch_size)
+    return build_engine("hf", processor, model=model, batch_size=args.batch_size)
 
 
 def _generate(args: argparse.Namespace, dataset: MapDataset, common: Mapping) -> Path:

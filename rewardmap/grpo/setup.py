@@ -15,13 +15,13 @@ from rewardmap.config import DataConfig, RewardMapConfig
 from rewardmap.data.curriculum import CurriculumStream
 from rewardmap.data.images import load_image
 from rewardmap.data.loading import MapDataset, load_rows
-from rewardmap.data.prompts import render_prompt
+from rewardmap.data.prompts import prompt_tensors, render_prompt
 from rewardmap.distributed import World, shard_model
 from rewardmap.errors import InputError
 from rewardmap.grpo.backend import TrainBackend, build_backend, compute_dtype
 from rewardmap.models.loading import load_policy, load_processor, load_reference
 from rewardmap.models.lora import apply_lora, reference_policy
-from rewardmap.rollout import RolloutEngine
+from rewardmap.rollout import RolloutEngine, build_engine
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +69,8 @@ class Components:
         return prompts, [row_image(row, self.rows.root, self.config.data) for row in rows]
 
     def prompt_inputs(self, prompts: Sequence[str], images: Sequence[Image.Image]) -> dict:
-        """Processor outputs for the prompts, left-padded; refuses prompts over data.max_prompt_length tokens."""
-        inputs = self.processor(text=list(prompts), images=list(images), padding=True, return_tensors="pt")
-        longest = int(inputs["attention_mask"].sum(-1).max())
-        if longest > self.config.data.max_prompt_length:
-            raise InputError(
-                f"a prompt has {longest} tokens, over data.max_prompt_length={self.config.data.max_prompt_length}; "
-                "lower data.max_pixels or raise data.max_prompt_length"
-            )
+        """Left-padded prompt tensors on the world's device; refuses prompts over data.max_prompt_length tokens."""
+        inputs = prompt_tensors(self.processor, prompts, images, self.config.data.max_prompt_length)
         return {key: value.to(self.world.device) for key, value in inputs.items()}
 
     @contextlib.contextmanager
@@ -89,15 +83,22 @@ class Components:
                 yield base
 
 
-def build_engine(config: RewardMapConfig, model: torch.nn.Module, processor: object) -> RolloutEngine:
-    """The rollout engine named by rollout.engine (vLLM is imported only when asked for)."""
-    if config.rollout.engine == "vllm":
-        from rewardmap.rollout.vllm import VLLMRolloutEngine
-
-        return VLLMRolloutEngine.from_config(config, processor)
-    from rewardmap.rollout.hf import HFRolloutEngine
-
-    return HFRolloutEngine(model, processor)
+def vllm_options(config: RewardMapConfig) -> dict:
+    """VLLMRolloutEngine's keywords from a run's model, rollout and data sections."""
+    rollout, data = config.rollout, config.data
+    return {
+        "dtype": {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[config.model.dtype],
+        "seed": rollout.seed,
+        "min_pixels": data.min_pixels,
+        "max_pixels": data.max_pixels,
+        "gpu_memory_utilization": rollout.gpu_memory_utilization,
+        "tensor_parallel_size": rollout.tensor_parallel_size,
+        "enforce_eager": rollout.enforce_eager,
+        "enable_sleep_mode": rollout.enable_sleep_mode,
+        "enable_chunked_prefill": rollout.enable_chunked_prefill,
+        "max_num_batched_tokens": rollout.max_num_batched_tokens,
+        "max_model_len": rollout.max_model_len,
+    }
 
 
 def build_components(config: RewardMapConfig, world: World) -> Components:
@@ -148,5 +149,11 @@ def build_components(config: RewardMapConfig, world: World) -> Components:
         held_out = load_rows(cfg_data.val_files, split=cfg_data.val_split, on_bad_row=cfg_data.on_bad_row)
         val_rows = [held_out[i] for i in range(min(len(held_out), cfg_data.val_limit or len(held_out)))]
         val_root = held_out.root
-    engine = build_engine(config, backend.model, processor)
+    engine = build_engine(
+        config.rollout.engine,
+        processor,
+        model=backend.model,
+        model_path=cfg_model.path,
+        vllm_options=vllm_options(config),
+    )
     return Components(config, world, backend, processor, engine, rows, stream, frozen_reference, val_rows, val_root)

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from rewardmap.config import RewardMapConfig, load_config
 from rewardmap.data.loading import load_rows
-from rewardmap.data.prompts import render_prompt
+from rewardmap.data.prompts import prompt_tensors, render_prompt
 from rewardmap.data.sft import answer_text
 from rewardmap.errors import InputError
 from rewardmap.grpo.batching import completion_tensors
@@ -42,6 +42,7 @@ def warm_start(config: RewardMapConfig) -> RewardMapConfig:
     device = model.device
     processor = load_processor(config.model.path, min_pixels=data.min_pixels, max_pixels=data.max_pixels)
     rows = load_rows(data.train_files, split=data.train_split, on_bad_row=data.on_bad_row)
+    rows.types  # noqa: B018 -- a benchmark split has no question types: refused here, naming a row
     examples = [(row, text) for row in rows if (text := answer_text(row)) is not None]
     if not examples:
         raise InputError(f"no row of {data.train_files} has a reference answer to warm-start on")
@@ -57,7 +58,7 @@ def warm_start(config: RewardMapConfig) -> RewardMapConfig:
             for _, text in batch
         ]
         ids, mask = (t.to(device) for t in completion_tensors(answers, processor.tokenizer.pad_token_id))
-        inputs = processor(text=prompts, images=images, padding=True, return_tensors="pt").to(device)
+        inputs = prompt_tensors(processor, prompts, images, data.max_prompt_length).to(device)
         logprobs, _ = completion_logprobs(model, inputs, ids, mask, micro_batch_size=cfg.batch_size)
         loss = -aggregate(logprobs, mask, "token-mean", float(mask.sum()))
         loss.backward()

@@ -91,18 +91,23 @@ class GRPOTrainer:
         )
 
     def validate(self) -> dict[str, float]:
-        """Greedy answers on the held-out rows, scored with the evaluation code: val/ accuracies."""
-        parts, start = self.parts, time.perf_counter()
+        """Greedy answers on the held-out rows, each rank answering its share, scored with the evaluation code."""
+        parts, world, start = self.parts, self.world, time.perf_counter()
         parts.engine.sync_weights(parts.model)
-        records = evaluate_rows(
+        indices = whole_batch(list(range(len(parts.val_rows))), world.size)
+        mine = indices[world.shard(indices, "validation rows")]
+        answered = evaluate_rows(
             parts.engine,
             parts.processor,
-            parts.val_rows,
+            [parts.val_rows[i] for i in mine],
             sampling=Sampling(max_tokens=self.config.data.max_response_length, temperature=0.0),
             batch_size=self.config.data.prompts_per_step,
             image_fn=lambda row: row_image(row, parts.val_root, self.config.data),
             progress=False,
         )
+        # Every rank's records, each held-out answer once (the padding repeats a few rows).
+        tagged = all_gather_lists([((mine[r["index"]], r.get("question")), r) for r in answered])
+        records = list(dict(tagged).values())
         summary = summarize(records)
         metrics = {
             "val/accuracy": summary["overall"]["plain"],
@@ -232,7 +237,11 @@ class GRPOTrainer:
             pg_loss, clipped = clipped_policy_loss(
                 logprobs, logprobs.detach(), advantages[part], algo.clip_ratio_low, algo.clip_ratio_high
             )
-            kl = kl_penalty(logprobs, ref_logprobs[part], algo.kl_estimator)
+            kl = (
+                kl_penalty(logprobs, ref_logprobs[part], algo.kl_estimator)
+                if algo.kl_coef > 0
+                else torch.zeros_like(logprobs)  # no reference pass, no KL
+            )
             per_token = pg_loss + algo.kl_coef * kl
             if entropy is not None:
                 per_token = per_token - algo.entropy_coef * entropy

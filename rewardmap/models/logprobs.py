@@ -15,7 +15,7 @@ from torch import Tensor
 from transformers import BatchFeature, ProcessorMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from rewardmap.data.prompts import render_prompt
+from rewardmap.data.prompts import prompt_tensors, render_prompt
 from rewardmap.models.fused import linear_logprob, linear_logprob_entropy
 
 logger = logging.getLogger(__name__)
@@ -24,14 +24,11 @@ logger = logging.getLogger(__name__)
 def build_prompt_inputs(
     processor: ProcessorMixin, questions: Sequence[str], images: Sequence[Image.Image] | None
 ) -> BatchFeature:
-    """Processor output for B prompts (`render_prompt`, the one prompt builder), left-padded: input_ids/attention_mask
+    """Processor output for B questions (rendered by `render_prompt`), left-padded: input_ids/attention_mask
     (B, P), pixel_values, image_grid_thw. `images` holds one RGB image per question, or is None for text-only prompts.
     """
-    if images is not None and len(images) != len(questions):
-        raise ValueError(f"got {len(questions)} questions but {len(images)} images; pass one image per question")
     texts = [render_prompt(processor, q, with_image=images is not None) for q in questions]
-    image_list = list(images) if images is not None else None
-    return processor(text=texts, images=image_list, padding=True, padding_side="left", return_tensors="pt")
+    return prompt_tensors(processor, texts, images)
 
 
 def completion_logprobs(

@@ -7,9 +7,39 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 from PIL import Image
+from transformers import LogitsProcessor, LogitsProcessorList
 
+from rewardmap.data.prompts import prompt_tensors
 from rewardmap.errors import InputError
 from rewardmap.rollout.base import Completion, Sampling, prompt_seed
+
+
+class SampledLogprobs(LogitsProcessor):
+    """Records the log-prob of each token `generate` picks, one step later, from the temperature-scaled scores.
+
+    Only the last step's (B, V) distribution is kept, never every step's logits (at 2,048 tokens those are tens of GB).
+    """
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+        self.previous: torch.Tensor | None = None
+        self.picked: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.previous is not None:  # the token picked from the previous step's scores is now input_ids[:, -1]
+            self.picked.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def logprobs(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) log-probs of the generated tokens (B, L); the last one comes from the final step's scores."""
+        if self.previous is not None and len(self.picked) < new_tokens.shape[1]:
+            self.picked.append(self.previous.gather(-1, new_tokens[:, -1:]).squeeze(-1))
+        return (
+            torch.stack(self.picked, dim=1)
+            if self.picked
+            else new_tokens.new_zeros(new_tokens.shape, dtype=torch.float)
+        )
 
 
 class HFRolloutEngine:
@@ -53,13 +83,12 @@ class HFRolloutEngine:
     def _generate_batch(
         self, prompts: Sequence[str], images: Sequence[Image.Image], n: int, sampling: Sampling
     ) -> list[list[Completion]]:
-        self.processor.tokenizer.padding_side = "left"
-        inputs = self.processor(text=list(prompts), images=list(images), return_tensors="pt", padding=True)
-        inputs = inputs.to(self.model.device)
+        inputs = prompt_tensors(self.processor, prompts, images).to(self.model.device)
         greedy = sampling.temperature <= 0
+        recorder = SampledLogprobs(1.0 if greedy else sampling.temperature)
         was_training = self.model.training
         self.model.eval()
-        output = self.model.generate(
+        sequences = self.model.generate(
             **inputs,
             do_sample=not greedy,
             temperature=None if greedy else sampling.temperature,
@@ -67,17 +96,13 @@ class HFRolloutEngine:
             top_k=None if greedy else max(sampling.top_k, 0),  # 0 turns top-k off in transformers
             max_new_tokens=sampling.max_tokens,
             num_return_sequences=n,
-            return_dict_in_generate=True,
-            output_logits=True,
+            logits_processor=LogitsProcessorList([recorder]),
             pad_token_id=self.pad_id,
             synced_gpus=dist.is_initialized() and dist.get_world_size() > 1,  # sharded weights: ranks step together
         )
         self.model.train(was_training)
-        new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
-        logits = torch.stack(output.logits, dim=1).float()  # (B*n, L, V)
-        if not greedy:
-            logits = logits / sampling.temperature
-        token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        new_tokens = sequences[:, inputs["input_ids"].shape[1] :]
+        token_logprobs = recorder.logprobs(new_tokens)
         completions = [
             self._completion(ids, lps) for ids, lps in zip(new_tokens.tolist(), token_logprobs.tolist(), strict=True)
         ]

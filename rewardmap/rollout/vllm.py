@@ -14,7 +14,6 @@ from collections.abc import Iterator, Sequence
 import torch
 from PIL import Image
 
-from rewardmap.config import RewardMapConfig
 from rewardmap.distributed import full_tensor
 from rewardmap.errors import InputError
 from rewardmap.rollout.base import Completion, Sampling, prompt_seed
@@ -91,26 +90,6 @@ class VLLMRolloutEngine:
             **options,
         )
         self.asleep = False
-
-    @classmethod
-    def from_config(cls, config: RewardMapConfig, processor: object | None = None) -> VLLMRolloutEngine:
-        """An engine for the run's model with the rollout and data sections' settings."""
-        rollout, data = config.rollout, config.data
-        dtype = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[config.model.dtype]
-        return cls(
-            config.model.path,
-            dtype=dtype,
-            seed=rollout.seed,
-            min_pixels=data.min_pixels,
-            max_pixels=data.max_pixels,
-            gpu_memory_utilization=rollout.gpu_memory_utilization,
-            tensor_parallel_size=rollout.tensor_parallel_size,
-            enforce_eager=rollout.enforce_eager,
-            enable_sleep_mode=rollout.enable_sleep_mode,
-            enable_chunked_prefill=rollout.enable_chunked_prefill,
-            max_num_batched_tokens=rollout.max_num_batched_tokens,
-            max_model_len=rollout.max_model_len,
-        )
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Loads the trainer's current weights into the engine and drops caches computed with the old ones."""
