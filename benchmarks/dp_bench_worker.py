@@ -1,0 +1,126 @@
+"""One world of `dp_bench.py`: GRPO steps of the trainer in every process of a `torchrun` world, results to JSON.
+
+Run by `dp_bench.py` as `torchrun --standalone --nproc_per_node N benchmarks/dp_bench_worker.py --model-dir ...`.
+The main rank writes `result.json` (per-rank phase seconds and sequence counts of each step, the first step's loss,
+grad norm and sampled token ids) and `weights.pt` (the full weights before and after the first step, and the step's
+gradients before clipping).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rewardmap.config import load_config  # noqa: E402
+from rewardmap.distributed import World, all_gather_lists, full_tensor, join_world  # noqa: E402
+from rewardmap.grpo.trainer import GRPOTrainer  # noqa: E402
+
+PHASES = ("rollout", "reward", "ref_logprobs", "update", "step")
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    """The demo config with the benchmark's workload: fixed batch, fixed response length, fp32."""
+    return [
+        f"model.path={args.model_dir}",
+        f"data.train_files={args.data_dir}",
+        f"trainer.output_dir={args.out_dir / 'run'}",
+        f"data.image_cache_dir={args.out_dir / 'image_cache'}",
+        f"data.prompts_per_step={args.prompts}",
+        f"rollout.n={args.rollouts}",
+        f"data.max_response_length={args.tokens}",
+        f"data.max_pixels={args.max_pixels}",
+        f"trainer.micro_batch_size={args.micro_batch_size}",
+        "model.dtype=fp32",
+        "sft.steps=0",
+        "trainer.tensorboard=false",
+    ]
+
+
+def full_weights(model: torch.nn.Module, grad: bool = False) -> dict[str, torch.Tensor]:
+    """Every parameter (or its gradient) whole, on the CPU (collective: each rank gathers every shard)."""
+    tensors = {name: p.grad if grad else p.detach() for name, p in model.named_parameters()}
+    return {name: full_tensor(t).cpu().clone() for name, t in tensors.items() if t is not None}
+
+
+def run(args: argparse.Namespace, world: World) -> None:
+    """Builds the trainer, runs args.steps steps recording what each rank sampled and the first step's gradients."""
+    trainer = GRPOTrainer(load_config(REPO / "configs" / "demo.yaml", overrides(args)), world)
+    parts = trainer.parts
+    # Every completion is exactly --tokens long, so both worlds do the same work whatever they sample.
+    parts.model.generation_config.min_new_tokens = args.tokens
+    sampled: list[list[int]] = []
+    generate = parts.engine.generate
+
+    def recording_generate(*a, **kw):
+        groups = generate(*a, **kw)
+        sampled.extend(c.token_ids for group in groups for c in group)
+        return groups
+
+    parts.engine.generate = recording_generate
+    grads: dict[str, torch.Tensor] = {}
+    optimizer_step = parts.backend.step
+
+    def recording_step(max_grad_norm: float) -> float:
+        if not grads:  # the first step's gradients, whole, before clipping
+            grads.update(full_weights(parts.model, grad=True))
+        return optimizer_step(max_grad_norm)
+
+    parts.backend.step = recording_step
+    before = full_weights(parts.model)
+    steps, first = [], {}
+    for step in range(args.steps):
+        stage, indices = parts.stream.next_batch()
+        sampled.clear()
+        start = time.perf_counter()
+        metrics = trainer.step(stage, indices)
+        wall = time.perf_counter() - start
+        trainer.step_count += 1
+        mine = {f"{p}_s": metrics.get(f"timing/{p}_s", 0.0) for p in PHASES}
+        mine |= {"wall_s": wall, "generated": len(sampled), "tokens": sum(map(len, sampled))}
+        mine["trained"] = metrics["batch/sequences_per_rank"]
+        steps.append(all_gather_lists([mine]))
+        if step == 0:
+            first = {
+                "loss": metrics["loss/total"],
+                "grad_norm": metrics["optim/grad_norm"],
+                "reward_mean": metrics["reward/mean"],
+                "indices": indices,
+                "token_ids": all_gather_lists(list(sampled)),
+            }
+            after = full_weights(parts.model)
+    if world.is_main:
+        threads = torch.get_num_threads()
+        result = {"world_size": world.size, "threads_per_rank": threads, "steps": steps, "first": first}
+        (args.out_dir / "result.json").write_text(json.dumps(result))
+        torch.save({"before": before, "grads": grads, "after": after}, args.out_dir / "weights.pt")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, required=True, help="the tiny model's directory")
+    parser.add_argument("--data-dir", type=Path, required=True, help="the synthetic dataset's directory")
+    parser.add_argument("--out-dir", type=Path, required=True, help="where result.json and weights.pt go")
+    parser.add_argument("--steps", type=int, default=2, help="GRPO steps (the first from the initial weights)")
+    parser.add_argument("--prompts", type=int, default=8, help="data.prompts_per_step (whole world)")
+    parser.add_argument("--rollouts", type=int, default=4, help="rollout.n")
+    parser.add_argument("--tokens", type=int, default=24, help="response tokens (EOS suppressed until then)")
+    parser.add_argument("--max-pixels", type=int, default=50176, help="data.max_pixels")
+    parser.add_argument("--micro-batch-size", type=int, default=4, help="trainer.micro_batch_size")
+    args = parser.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    with join_world() as world:
+        run(args, world)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
