@@ -102,6 +102,11 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded tensor, or the tensor itself when unsharded."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
 def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]:
     """The sums over all ranks of `values` (fp64, so token counts stay exact)."""
     tensor = torch.tensor(list(values), dtype=torch.float64, device=device)

@@ -71,8 +71,9 @@ def test_update_and_merge_are_invariant_to_world_size(tiny_model_dir, synth_data
         subprocess.run(command, env=ENV, check=True)
     one, two = (json.loads((tmp_path / f"world{n}" / "stats.json").read_text()) for n in (1, 2))
     assert one["trained_prompts"][0] == two["trained_prompts"][0] + two["trained_prompts"][1]
-    for key in ("loss/total", "loss/policy", "loss/kl", "loss/entropy", "optim/grad_norm"):
+    for key in ("loss/total", "loss/policy", "loss/kl", "loss/entropy"):
         assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
+    assert two["optim/grad_norm"] == pytest.approx(one["optim/grad_norm"], rel=1e-6)  # summed in fp64 per shard
     assert one["loss/kl"] > 0 and one["optim/grad_norm"] > 0
     weights_one, weights_two = (load_file(tmp_path / f"world{n}" / "weights.safetensors") for n in (1, 2))
     base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()

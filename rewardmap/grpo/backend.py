@@ -17,7 +17,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from rewardmap.config import RewardMapConfig
-from rewardmap.distributed import World, full_tensor, shard_model
+from rewardmap.distributed import World, all_reduce_sum, local, shard_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class FSDP2Backend:
     """FSDP2 shards (fp32 master weights, compute in model.dtype) and AdamW over them; checkpoints through DCP."""
 
     def __init__(self, model: torch.nn.Module, config: RewardMapConfig, world: World) -> None:
+        self.device = world.device
         self.model = shard_model(
             model, compute_dtype=compute_dtype(config, world), cpu_offload=config.trainer.cpu_offload
         )
@@ -64,11 +65,17 @@ class FSDP2Backend:
         loss.backward()
 
     def step(self, max_grad_norm: float) -> float:
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+        # The norm is summed in fp64 over each rank's shard: torch's fp32 norm on CPU accumulates in one float, so its
+        # result would depend on how the gradients are sharded (pytorch/pytorch#169237).
+        grads = [p.grad for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+        squares = sum(float(local(g).double().square().sum()) for g in grads)
+        grad_norm = all_reduce_sum([squares], self.device)[0] ** 0.5
+        if grad_norm > max_grad_norm:
+            for grad in grads:
+                grad.mul_(max_grad_norm / (grad_norm + 1e-6))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(full_tensor(grad_norm))
+        return grad_norm
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
