@@ -1,12 +1,13 @@
 """Per-token log-probs (and entropy) of completions under a Qwen2.5-VL policy, micro-batched; batched prompt inputs.
 
 Hot path of the GRPO update: each prompt's image is encoded once per micro-batch, and the lm_head runs only on the
-completion positions, in the fused chunked kernel of `fused.py`, so no (tokens x vocabulary) logits are kept for
-autograd (a plain logits path remains for an FSDP-sharded lm_head).
+completion positions, in the fused chunked kernel of `fused.py` run inside the model's forward (where FSDP2 has the
+weights gathered), so no (tokens x vocabulary) logits are kept for autograd (a plain logits path remains for a
+ZeRO-3-partitioned lm_head).
 """
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -140,8 +141,8 @@ def _micro_batch_logprobs(
     keep = torch.arange(longest - 1, longest + width - 1, device=ids.device)
     head = model.get_output_embeddings().weight
     inputs = {"input_ids": ids, "attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
-    # A sharded lm_head (an FSDP2 DTensor, or a ZeRO-3 partition: empty outside a forward): its forward gathers it.
-    if isinstance(head, torch.distributed.tensor.DTensor) or head.numel() == 0:
+    if head.numel() == 0 and not isinstance(head, torch.distributed.tensor.DTensor):
+        # A ZeRO-3 partition (empty outside the lm_head's own forward): only that forward gathers it.
         logits = model(**inputs, logits_to_keep=keep, **image_kwargs).logits.float()
         if temperature != 1.0:
             logits = logits / temperature
@@ -149,30 +150,37 @@ def _micro_batch_logprobs(
         logps = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - logsumexp
         entropy = logsumexp - (torch.softmax(logits, dim=-1) * logits).sum(-1) if with_entropy else None
     else:  # the fused chunked head: no (b, C, V) logits kept for backward
-        hidden = _last_hidden_state(model, inputs, image_kwargs)[:, keep][mask]
         targets = completion_ids[mask]
-        logps, entropy = torch.zeros(mask.shape, dtype=torch.float32, device=ids.device), None
-        if with_entropy:
-            token_logps, token_entropy = linear_logprob_entropy(hidden, head, targets, temperature)
-            entropy = torch.zeros_like(logps).masked_scatter(mask, token_entropy)
-        else:
-            token_logps = (
-                linear_logprob_entropy(hidden, head, targets, temperature)[0]
-                if hidden.requires_grad
-                else (linear_logprob(hidden, head, targets, temperature))
-            )
-        logps = logps.masked_scatter(mask, token_logps)
+
+        def head_logprobs(hidden: Tensor, weight: Tensor) -> tuple[Tensor, Tensor | None]:
+            hidden = hidden[:, keep][mask]
+            if with_entropy or hidden.requires_grad:
+                return linear_logprob_entropy(hidden, weight, targets, temperature)
+            return linear_logprob(hidden, weight, targets, temperature), None
+
+        token_logps, token_entropy = _in_forward(model, inputs, image_kwargs, head_logprobs)
+        logps = torch.zeros(mask.shape, dtype=torch.float32, device=ids.device).masked_scatter(mask, token_logps)
+        entropy = torch.zeros_like(logps).masked_scatter(mask, token_entropy) if with_entropy else None
     logps = torch.where(mask, logps, 0.0)
     if entropy is not None:
         entropy = F.pad(torch.where(mask, entropy, 0.0), (0, full_width - width))
     return F.pad(logps, (0, full_width - width)), entropy
 
 
-def _last_hidden_state(model: torch.nn.Module, inputs: dict, image_kwargs: dict) -> Tensor:
-    """The decoder's final (normed) hidden states (b, L, d) from a full forward that skips the lm_head."""
-    captured = []
+def _in_forward(model: torch.nn.Module, inputs: dict, image_kwargs: dict, head_fn: Callable) -> tuple:
+    """`head_fn(final hidden states (b, L, d), lm_head weight (V, d))`, run inside a forward that skips the lm_head.
+
+    Inside the forward, FSDP2 has the root's weights (the lm_head's among them) gathered, and autograd sends their
+    gradients back through its usual reduce-scatter.
+    """
+    results = []
     decoder = next(m for m in model.modules() if hasattr(m, "get_rope_index"))
-    handle = decoder.register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
+    head = model.get_output_embeddings()
+
+    def hook(module: torch.nn.Module, args: tuple, output: BaseModelOutputWithPooling) -> None:
+        results.append(head_fn(output.last_hidden_state, head.weight))
+
+    handle = decoder.register_forward_hook(hook)
     try:
         model(
             **inputs,
@@ -181,7 +189,7 @@ def _last_hidden_state(model: torch.nn.Module, inputs: dict, image_kwargs: dict)
         )
     finally:
         handle.remove()
-    return captured[0]
+    return results[0]
 
 
 def _mrope_position_ids(
