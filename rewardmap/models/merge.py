@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
+from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig, PreTrainedModel
 
 from rewardmap.checkpoint_files import MARKER, MODEL_FILES, SHARDS, verify
 from rewardmap.errors import InputError
@@ -150,18 +150,27 @@ def _load_lora(
     """A peft LoRA adapter on its base (--base-model, else from adapter_config.json), merged in fp32 when `merge`."""
     from peft import PeftModel
 
-    config_file = adapter_dir / "adapter_config.json"
-    base = base_model or json.loads(config_file.read_text()).get("base_model_name_or_path")
-    if not base or not Path(base).is_dir():
-        raise FileNotFoundError(
-            f"the LoRA base model {base!r} named in {config_file} is not a local directory; "
-            "pass --base-model DIR (the model the adapter was trained on)"
-        )
-    model = AutoModelForImageTextToText.from_pretrained(check_model_dir(base), dtype=torch.float32)
-    peft_model = PeftModel.from_pretrained(model, adapter_dir)
+    base = _lora_base(adapter_dir / "adapter_config.json", base_model)
+    peft_model = PeftModel.from_pretrained(_fp32_model(base), adapter_dir)
     result = peft_model.merge_and_unload().to(dtype) if merge else peft_model
     has_processor = any((adapter_dir / name).is_file() for name in PROCESSOR_FILES)
     return result.eval(), adapter_dir if has_processor else Path(base)
+
+
+def _lora_base(adapter_config: Path, base_model: str | Path | None) -> Path:
+    """The LoRA base model: --base-model, else the adapter config's base_model_name_or_path; a local directory."""
+    base = base_model or json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    if not base or not Path(base).is_dir():
+        raise FileNotFoundError(
+            f"the LoRA base model {base!r} named in {adapter_config} is not a local directory; pass --base-model DIR "
+            "(the model the adapter was trained on: model.path of the run)"
+        )
+    return Path(base)
+
+
+def _fp32_model(model_dir: Path) -> PreTrainedModel:
+    """The Hugging Face model in `model_dir`, loaded in fp32."""
+    return AutoModelForImageTextToText.from_pretrained(check_model_dir(model_dir), dtype=torch.float32)
 
 
 def _load_sharded(ckpt: Path, base_model: str | Path | None) -> torch.nn.Module:
@@ -172,14 +181,8 @@ def _load_sharded(ckpt: Path, base_model: str | Path | None) -> torch.nn.Module:
     if adapter_config.is_file():
         from peft import LoraConfig, get_peft_model
 
-        base = base_model or json.loads(adapter_config.read_text()).get("base_model_name_or_path")
-        if not base or not Path(base).is_dir():
-            raise FileNotFoundError(
-                f"the LoRA base model {base!r} named in {adapter_config} is not a local directory; pass "
-                "--base-model DIR (model.path of the run)"
-            )
-        base_weights = AutoModelForImageTextToText.from_pretrained(check_model_dir(base), dtype=torch.float32)
-        model = get_peft_model(base_weights, LoraConfig.from_pretrained(model_dir))
+        base = _lora_base(adapter_config, base_model)
+        model = get_peft_model(_fp32_model(base), LoraConfig.from_pretrained(model_dir))
     else:
         config_dir = model_dir if (model_dir / "config.json").is_file() else base_model
         if config_dir is None:
