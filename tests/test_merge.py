@@ -25,7 +25,6 @@ from rewardmap.models.merge import add_arguments, merge_checkpoint, run, verify_
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "configs" / "demo.yaml"
-HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
 def _logits(model: torch.nn.Module, processor: object, with_image: bool) -> torch.Tensor:
@@ -209,16 +208,6 @@ def test_existing_output_needs_overwrite(full_checkpoint: Path, tmp_path: Path) 
 def test_output_inside_checkpoint_is_refused(full_checkpoint: Path) -> None:
     with pytest.raises(ValueError, match="overlaps the checkpoint"):
         merge_checkpoint(full_checkpoint, full_checkpoint / "model", overwrite=True)
-
-
-@pytest.mark.skipif(HAS_DEEPSPEED, reason="checks the message shown when DeepSpeed is not installed")
-def test_deepspeed_checkpoint_without_deepspeed_names_the_fix(tiny_model_dir: Path, tmp_path: Path) -> None:
-    ckpt = tmp_path / "step_000001"
-    (ckpt / "sharded" / "pytorch_model").mkdir(parents=True)  # DeepSpeed's layout: latest + <tag>/*_states.pt
-    (ckpt / "sharded" / "latest").write_text("pytorch_model")
-    _rewrite_marker(ckpt)
-    with pytest.raises(ValueError, match="pip install deepspeed"):
-        merge_checkpoint(ckpt, tmp_path / "merged", base_model=tiny_model_dir)
 
 
 def test_cli_run_and_refusal(full_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
