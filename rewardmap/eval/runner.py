@@ -18,7 +18,7 @@ from rewardmap.eval.answers import ANSWER_FORMATS, append_answers, read_answers,
 from rewardmap.eval.output import write_reports
 from rewardmap.eval.records import make_record, questions_of, record_id, render_question
 from rewardmap.eval.report import build_results
-from rewardmap.rollout import RolloutEngine, Sampling, build_engine
+from rewardmap.rollout import VLLM_DTYPES, RolloutEngine, Sampling, build_engine
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _engine(args: argparse.Namespace, processor: Any) -> RolloutEngine:
     """The engine named by --engine on --model (the HF engine loads the model here)."""
     if args.engine == "vllm":
-        dtype = {None: "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(args.dtype, args.dtype)
+        dtype = VLLM_DTYPES.get(args.dtype or "auto", args.dtype)
         options = {"dtype": dtype, "seed": args.seed, "min_pixels": args.min_pixels, "max_pixels": args.max_pixels}
         return build_engine("vllm", processor, model_path=args.model, vllm_options=options)
     from rewardmap.models.loading import load_policy

@@ -18,6 +18,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from rewardmap.config import RewardMapConfig
 from rewardmap.distributed import World, all_reduce_sum, local, shard_model
+from rewardmap.models.loading import resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +101,7 @@ class FSDP2Backend:
 
 def compute_dtype(config: RewardMapConfig, world: World) -> torch.dtype:
     """model.dtype as the forward/backward dtype: auto is bf16 on GPU and fp32 on CPU."""
-    names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if config.model.dtype == "auto":
-        return torch.bfloat16 if world.device.type == "cuda" else torch.float32
-    return names[config.model.dtype]
+    return resolve_dtype(None if config.model.dtype == "auto" else config.model.dtype, world.device)
 
 
 def build_backend(model: torch.nn.Module, config: RewardMapConfig, world: World) -> TrainBackend:

@@ -21,7 +21,7 @@ from rewardmap.errors import InputError
 from rewardmap.grpo.backend import TrainBackend, build_backend, compute_dtype
 from rewardmap.models.loading import load_policy, load_processor, load_reference
 from rewardmap.models.lora import apply_lora, reference_policy
-from rewardmap.rollout import RolloutEngine, build_engine
+from rewardmap.rollout import VLLM_DTYPES, RolloutEngine, build_engine
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def vllm_options(config: RewardMapConfig) -> dict:
     """VLLMRolloutEngine's keywords from a run's model, rollout and data sections."""
     rollout, data = config.rollout, config.data
     return {
-        "dtype": {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[config.model.dtype],
+        "dtype": VLLM_DTYPES[config.model.dtype],
         "seed": rollout.seed,
         "min_pixels": data.min_pixels,
         "max_pixels": data.max_pixels,

@@ -182,9 +182,8 @@ class GRPOTrainer:
 
         # 6. Metrics of the whole world's batch (every rank computes them; the main rank logs them).
         all_scores = all_gather_lists(scores)
-        tokens, finished = all_reduce_sum(
-            [completion_mask.sum().item(), sum(c.finished for c in completions)], world.device
-        )
+        tokens = stats["batch/tokens"]
+        (finished,) = all_reduce_sum([sum(c.finished for c in completions)], world.device)
         seconds = sum(timings.values())
         return {
             **reward_metrics(all_scores, [parts.rows[i] for i in indices], n, stage),
@@ -208,7 +207,8 @@ class GRPOTrainer:
         advantages: torch.Tensor,
         ref_logprobs: torch.Tensor,
     ) -> dict[str, float]:
-        """Accumulate the GRPO loss over micro-batches, clip, step; returns loss/KL/entropy/clip/grad metrics.
+        """Accumulate the GRPO loss over micro-batches, clip, step; returns loss/KL/entropy/clip/grad metrics and the
+        world's completion token count (batch/tokens).
 
         The tensors are this rank's share of the batch; the normaliser (tokens or sequences) is the whole world's, so
         the gradient summed over ranks is the gradient of the single-process loss on the whole batch.
@@ -256,7 +256,7 @@ class GRPOTrainer:
                 totals["loss/entropy"] += masked_mean(entropy.detach(), mask).item() * share
         grad_norm = parts.backend.step(cfg.trainer.max_grad_norm)
         summed = all_reduce_sum([totals[name] for name in names], world.device)
-        return {**dict(zip(names, summed, strict=True)), "optim/grad_norm": grad_norm}
+        return {**dict(zip(names, summed, strict=True)), "optim/grad_norm": grad_norm, "batch/tokens": tokens}
 
 
 def learning_rate(trainer: TrainerConfig, step: int) -> float:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from rewardmap.rollout.base import Completion, RolloutEngine, Sampling, prompt_seed
+from rewardmap.rollout.base import VLLM_DTYPES, Completion, RolloutEngine, Sampling, prompt_seed
 
-__all__ = ["Completion", "RolloutEngine", "Sampling", "build_engine", "prompt_seed"]
+__all__ = ["VLLM_DTYPES", "Completion", "RolloutEngine", "Sampling", "build_engine", "prompt_seed"]
 
 
 def build_engine(

@@ -22,6 +22,10 @@ class Sampling:
     seed: int = 0
 
 
+VLLM_DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+"""The project's dtype names (model.dtype, --dtype) as vLLM spells them."""
+
+
 def prompt_seed(seed: int, step: int, index: int) -> int:
     """The sampling seed of the prompt at `index` of a step's global batch: the same whichever rank draws it."""
     return int(np.random.SeedSequence([seed, step, index]).generate_state(1, dtype=np.uint32)[0])
