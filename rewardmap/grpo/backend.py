@@ -8,7 +8,6 @@ get the gradient of the global sum.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Protocol
 
@@ -19,9 +18,6 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from rewardmap.config import RewardMapConfig
 from rewardmap.distributed import World, all_reduce_sum, local, shard_model
 from rewardmap.models.loading import resolve_dtype
-
-logger = logging.getLogger(__name__)
-
 
 class TrainBackend(Protocol):
     """The training side of a run: the model to call forward on, gradient and optimizer steps, checkpoints."""
