@@ -19,6 +19,7 @@ from rewardmap.config import RewardMapConfig
 from rewardmap.distributed import World, all_reduce_sum, local, shard_model
 from rewardmap.models.loading import resolve_dtype
 
+
 class TrainBackend(Protocol):
     """The training side of a run: the model to call forward on, gradient and optimizer steps, checkpoints."""
 
