@@ -126,19 +126,20 @@ def _steps(run_dir: Path) -> dict[int, dict]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_the_uninterrupted_run(tiny_model_dir, synth_dataset_dir, tmp_path):
-    """With dynamic sampling and two mini-batches on (the 2-process resume test covers the released step)."""
+def test_sigkill_then_resume_matches_the_uninterrupted_run(warm_model_dir, synth_dataset_dir, tmp_path):
+    """With dynamic sampling and two mini-batches on (the 2-process resume test covers the released step), from the
+    warm-started model so that some groups' rewards differ."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     variant = ("algorithm.filter_zero_variance_groups=true", "trainer.mini_batches_per_step=2", "trainer.save_freq=1")
     straight = tmp_path / "straight"
     subprocess.run(
-        _train_command(small_overrides(tiny_model_dir, synth_dataset_dir, straight, *variant)),
+        _train_command(small_overrides(warm_model_dir, synth_dataset_dir, straight, *variant)),
         check=True,
         env=env,
         cwd=REPO,
     )
     killed = tmp_path / "killed"
-    overrides = small_overrides(tiny_model_dir, synth_dataset_dir, killed, *variant, "trainer.save_limit=5")
+    overrides = small_overrides(warm_model_dir, synth_dataset_dir, killed, *variant, "trainer.save_limit=5")
     process = subprocess.Popen(_train_command(overrides), env=env, cwd=REPO)
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step_000002" / "COMPLETE").is_file():
@@ -151,6 +152,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tiny_model_dir, synth
     first, second = _steps(straight), _steps(killed)
     assert sorted(second) == [1, 2, 3, 4]
     assert all("filter/rounds" in record for record in second.values())
+    assert sum(record["filter/kept_groups"] for record in first.values()) > 0, "some updates must have groups"
     for step in (3, 4):
         for key in ("loss/total", "loss/kl", "reward/mean", "response/length_mean", "groups/zero_variance_fraction"):
             assert second[step][key] == first[step][key], (step, key)
