@@ -27,6 +27,7 @@ from rewardmap.grpo.losses import aggregate, clipped_policy_loss, group_advantag
 from rewardmap.grpo.metrics import MetricsLogger, reward_metrics
 from rewardmap.grpo.setup import Components, build_components, row_image
 from rewardmap.models.logprobs import completion_logprobs
+from rewardmap.models.shared_prefix import micro_batches, shared_prefix_group
 from rewardmap.reward import score_batch
 from rewardmap.rollout import Sampling, prompt_seed
 
@@ -44,6 +45,8 @@ class GRPOTrainer:
         if world.is_main:
             (self.run_dir / "config.yaml").write_text(config_to_yaml(config))
         self.parts: Components = build_components(config, world)
+        # Completions per forward sequence: rollout.n when each group's prompt runs once (model.shared_prefix).
+        self.group_size = shared_prefix_group(config.model.shared_prefix, self.parts.model, config.rollout.n)
         self.step_count = 0
         self.metrics = MetricsLogger(self.run_dir, tensorboard=config.trainer.tensorboard, enabled=self.is_main)
 
@@ -159,7 +162,7 @@ class GRPOTrainer:
         completion_ids, completion_mask = (t.to(world.device) for t in completion_tensors(completions, parts.pad_id))
         prompt_of = torch.arange(len(completions), device=world.device) // n
         micro = cfg.trainer.micro_batch_size
-        slices = [slice(i, i + micro) for i in range(0, len(completions), micro)]
+        slices = micro_batches(len(completions), micro, self.group_size)
 
         # 4. Reference log-probs for the KL loss (no gradient).
         ref_logprobs = torch.zeros_like(completion_mask, dtype=torch.float32)
@@ -174,6 +177,7 @@ class GRPOTrainer:
                         micro_batch_size=micro,
                         temperature=cfg.rollout.temperature,
                         prompt_index=prompt_of[part],
+                        group_size=self.group_size,
                     )[0].float()
 
         # 5. Update: one optimizer step over micro-batches; on-policy, so the old log-probs are the current ones.
@@ -221,8 +225,7 @@ class GRPOTrainer:
         parts.backend.set_lr(learning_rate(cfg.trainer, self.step_count))
         names = ("loss/policy", "loss/kl", "loss/entropy", "loss/clip_fraction", "loss/total")
         totals = dict.fromkeys(names, 0.0)
-        for start in range(0, sequences, micro):
-            part = slice(start, start + micro)
+        for part in micro_batches(sequences, micro, self.group_size):
             mask = completion_mask[part]
             logprobs, entropy = completion_logprobs(
                 parts.model,
@@ -233,6 +236,7 @@ class GRPOTrainer:
                 temperature=cfg.rollout.temperature,
                 with_entropy=algo.entropy_coef > 0,
                 prompt_index=prompt_of[part],
+                group_size=self.group_size,
             )
             pg_loss, clipped = clipped_policy_loss(
                 logprobs, logprobs.detach(), advantages[part], algo.clip_ratio_low, algo.clip_ratio_high
