@@ -53,9 +53,9 @@ def completion_logprobs(
     are in it. With group_size > 1 the rows come in groups of group_size consecutive completions of one prompt, and
     each group runs as one sequence: the prompt once, then its completions, each attending to the prompt and itself
     (sdpa attention only; micro-batches are then whole groups, see `micro_batches`). Returns (logps, entropy or
-    None), both differentiable; the entropy is that of the temperature-scaled
-    next-token distribution. A training pass keeps every micro-batch's graph until backward, so the trainer slices
-    the batch itself when it needs to bound memory.
+    None), both differentiable; the entropy is that of the temperature-scaled next-token distribution. A training
+    pass keeps every micro-batch's graph until backward, so the trainer slices the batch itself when it needs to
+    bound memory.
     """
     input_ids, attention_mask = prompt_inputs["input_ids"], prompt_inputs["attention_mask"]
     prompts, batch = input_ids.shape[0], completion_ids.shape[0]
