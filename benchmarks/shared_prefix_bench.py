@@ -3,13 +3,13 @@
 Run: `python benchmarks/shared_prefix_bench.py [--ns 4 8] [--repeats 1] [--threads 2]`. The model is a random-init
 Qwen2.5-VL whose decoder (hidden 512, 12 layers, MLP 4096: 84M parameters) outweighs its 151,936-word output layer
 (78M); the prompt is the chat prompt with one synthetic 896 x 896 map (1,024 visual tokens); each of the n completions
-has 128 tokens. Both paths run one whole group per forward (micro_batch_size = n: the image is encoded once in both),
-fp32, sdpa, no gradient checkpointing; after a warm-up, off and on alternate within each repeat (median reported).
-Columns: seconds of the reference pass (log-probs, no grad) and of the update (log-probs and entropy, forward +
-backward), the activations the update keeps for backward (every saved tensor that is not a parameter), and the ideal
-speed-up from the FLOPs of both paths: prompt tokens counted once instead of n times, useful (causal) attention pairs
-only, the vision tower and the output layer the same in both; backward = 2x forward (the fused head: 3x, it
-recomputes).
+has 128 tokens. Off runs micro-batches of one sequence (the recipe's micro_batch_size=1; the map is encoded for each),
+on runs the group as one sequence; fp32, sdpa, no gradient checkpointing; after a warm-up, off and on alternate
+within each repeat (median reported). Columns: seconds of the reference pass (log-probs, no grad) and of the update
+(log-probs and entropy, forward + backward), the activations one micro-batch keeps for backward (every saved tensor
+that is not a parameter), and the ideal speed-up from the FLOPs of both paths: prompt tokens (and the small vision
+tower) counted once instead of n times, useful (causal) attention pairs only, the output layer the same in both;
+backward = 2x forward (the fused head: 3x, it recomputes).
 """
 
 import argparse
@@ -26,6 +26,7 @@ from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewardmap.models.logprobs import build_prompt_inputs, completion_logprobs  # noqa: E402
+from rewardmap.models.shared_prefix import micro_batches  # noqa: E402
 from rewardmap.models.tiny import ENDOFTEXT_ID, IM_END_ID, build_processor, tiny_config  # noqa: E402
 
 COMPLETION_TOKENS = 128
@@ -47,7 +48,7 @@ def bench_model() -> Qwen2_5_VLForConditionalGeneration:
 
 
 def ideal_flops(model, prompt: int, patches: int, n: int, shared: bool) -> tuple[float, float]:
-    """FLOPs of (reference pass, update) for one group: prompt tokens once when `shared`, else n times."""
+    """FLOPs of (reference pass, update) of one group: prompt tokens (and map) once when `shared`, else n times."""
     text = model.config.text_config
     decoder = sum(p.numel() for p in model.model.language_model.layers.parameters())
     vision = 2 * sum(p.numel() for p in model.model.visual.parameters()) * patches
@@ -56,7 +57,7 @@ def ideal_flops(model, prompt: int, patches: int, n: int, shared: bool) -> tuple
         tokens, pairs = prompt + n * c, prompt * (prompt + 1) / 2 + n * (c * prompt + c * (c + 1) / 2)
     else:
         tokens, pairs = n * (prompt + c), n * (prompt + c) * (prompt + c + 1) / 2
-    body = 2 * decoder * tokens + 4 * text.hidden_size * text.num_hidden_layers * pairs + vision
+    body = 2 * decoder * tokens + 4 * text.hidden_size * text.num_hidden_layers * pairs + vision * (1 if shared else n)
     head = 2 * text.vocab_size * text.hidden_size * n * c
     return body + head, 3 * body + 4 * head
 
@@ -91,28 +92,35 @@ def main() -> int:
     prompt = build_prompt_inputs(processor, [question], [image])
     prompt_tokens, patches = prompt["input_ids"].shape[1], int(prompt["image_grid_thw"].prod())
     print(f"prompt: {prompt_tokens} tokens ({patches // 4} visual); completions: {COMPLETION_TOKENS} tokens")
-    header = "| n | path | reference s | update s | activations MiB | reference speed-up | update speed-up |"
-    rows = [header, "|---" * 7 + "|"]
+    header = (
+        "| n | path | reference s | update s | activations MiB / micro-batch | reference speed-up | update speed-up |"
+    )
+    print(header, "|---" * 7 + "|", sep="\n", flush=True)
     for n in args.ns:
         ids = torch.randint(0, 150_000, (n, COMPLETION_TOKENS), generator=torch.Generator().manual_seed(n))
         mask, index = torch.ones_like(ids), torch.zeros(n, dtype=torch.long)
 
         batch = {"prompt_inputs": prompt, "completion_ids": ids, "completion_mask": mask, "prompt_index": index}
 
-        def logprobs(group_size: int, batch: dict = batch, n: int = n, **options) -> tuple:
-            return completion_logprobs(model, **batch, micro_batch_size=n, group_size=group_size, **options)
+        def logprobs(group_size: int, part: slice = slice(None), batch: dict = batch, **options) -> tuple:
+            """Off: one sequence per micro-batch (the recipe's micro_batch_size=1); on: the whole group."""
+            rows = {key: value[part] if key != "prompt_inputs" else value for key, value in batch.items()}
+            return completion_logprobs(model, **rows, micro_batch_size=group_size, group_size=group_size, **options)
 
         def reference(group_size: int) -> None:
             with torch.no_grad():
                 logprobs(group_size)
 
-        def update(group_size: int) -> None:
+        def update(group_size: int, n: int = n) -> None:
             model.zero_grad(set_to_none=True)
-            logps, entropy = logprobs(group_size, with_entropy=True)
-            (-(logps.sum() + 1e-3 * entropy.sum())).backward()
+            for part in micro_batches(n, group_size, group_size):  # a backward per micro-batch, as the trainer
+                logps, entropy = logprobs(group_size, part, with_entropy=True)
+                (-(logps.sum() + 1e-3 * entropy.sum())).backward()
 
-        # The activation count (a forward with grad, no backward) doubles as the warm-up of both paths.
-        memory = {g: saved_activation_bytes(model, lambda g=g: logprobs(g, with_entropy=True)) for g in (1, n)}
+        # Activations of one micro-batch (a forward with grad, no backward); it doubles as the warm-up of both paths.
+        memory = {
+            g: saved_activation_bytes(model, lambda g=g: logprobs(g, slice(0, g), with_entropy=True)) for g in (1, n)
+        }
         seconds = {(g, phase): [] for g in (1, n) for phase in ("reference", "update")}
         for _ in range(args.repeats):
             for g in (1, n):
@@ -125,15 +133,14 @@ def main() -> int:
             line = f"| {n} | {path} | {median[g, 'reference']:.2f} | {median[g, 'update']:.2f} |"
             line += f" {memory[g] / 2**20:.0f} |"
             if g == 1:
-                rows.append(line + " | |")
+                print(line + " | |", flush=True)
                 continue
             off, on = (ideal_flops(model, prompt_tokens, patches, n, shared) for shared in (False, True))
             cells = []
             for i, phase in enumerate(("reference", "update")):
                 ideal, real = off[i] / on[i], median[1, phase] / median[n, phase]
                 cells.append(f"{real:.2f}x of {ideal:.2f}x ideal ({100 * real / ideal:.0f}%)")
-            rows.append(f"{line} {cells[0]} | {cells[1]} |")
-    print("\n".join(rows))
+            print(f"{line} {cells[0]} | {cells[1]} |", flush=True)
     return 0
 
 
