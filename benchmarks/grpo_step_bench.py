@@ -64,6 +64,7 @@ def our_config(model_dir: Path, data_dir: Path, out: Path, args: argparse.Namesp
         "sft.steps=0",
         "trainer.tensorboard=false",
         f"trainer.micro_batch_size={args.micro_batch_size}",
+        "model.shared_prefix=off",  # TRL's loss batch is shuffled, not in groups; the figures predate the option
     ]
     return load_config(REPO / "configs" / "demo.yaml", overrides)
 

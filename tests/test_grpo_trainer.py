@@ -68,9 +68,9 @@ def test_validation_scores_held_out_rows_with_the_eval_code(tiny_model_dir, synt
 
 
 def test_zero_advantage_and_zero_kl_give_zero_loss(tiny_model_dir, synth_dataset_dir, tmp_path, world):
-    config = load_config(
-        DEMO, small_overrides(tiny_model_dir, synth_dataset_dir, tmp_path, "algorithm.entropy_coef=0")
-    )
+    # One completion per prompt (not groups of rollout.n), so one sequence per completion.
+    extra = ("algorithm.entropy_coef=0", "model.shared_prefix=off")
+    config = load_config(DEMO, small_overrides(tiny_model_dir, synth_dataset_dir, tmp_path, *extra))
     trainer = GRPOTrainer(config, world)
     parts = trainer.parts
     rows = [parts.rows[i] for i in parts.stream.next_batch()[1]]
