@@ -271,7 +271,9 @@ def loss_agreement(ours: GRPOTrainer, rows: list[dict], recorder: Recorder) -> d
         rollout_logprobs=torch.zeros_like(probe_ref),
         ref_logprobs=probe_ref,
     )
+    grouped, ours.group_size = ours.group_size, 1  # TRL's batch is shuffled, not in groups: one row per completion
     stats = ours._update(batch, slice(0, ids.shape[0]))
+    ours.group_size = grouped
     trl_loss = sum(recorder.trl_losses)
     return {
         "trl_loss": trl_loss,

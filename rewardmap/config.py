@@ -30,6 +30,9 @@ class ModelConfig:
     """auto (flash_attention_2 when installed on GPU, else sdpa), sdpa, eager or flash_attention_2."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass (less memory, ~30% more time)."""
+    shared_prefix: str = "auto"
+    """on: each group's prompt runs once for its rollout.n completions (reference pass and update; needs sdpa
+    attention); off: one sequence per completion; auto: on where supported (sdpa, rollout.n > 1)."""
     lora_rank: int = 0
     """0 trains all weights; > 0 trains LoRA adapters of this rank (the reference is the base, adapters off)."""
     lora_alpha: int = 16
@@ -44,6 +47,9 @@ class ModelConfig:
         _check_choice(
             "model", "attn_implementation", self.attn_implementation, ("auto", "sdpa", "eager", "flash_attention_2")
         )
+        # YAML 1.1 reads a bare on/off as a boolean, which reaches this str field as "True"/"False".
+        self.shared_prefix = {"True": "on", "False": "off"}.get(self.shared_prefix, self.shared_prefix)
+        _check_choice("model", "shared_prefix", self.shared_prefix, ("auto", "on", "off"))
 
 
 @dataclass

@@ -107,6 +107,14 @@ def test_update_and_merge_are_invariant_to_world_size(tiny_model_dir, synth_data
         assert torch.equal(model(input_ids=ids).logits, trained(input_ids=ids).logits)
 
 
+def test_shared_prefix_equals_one_sequence_per_completion_under_fsdp2(tiny_model_dir, tmp_path):
+    script = str(REPO / "tests" / "dp_shared_prefix_script.py")
+    subprocess.run(torchrun(2, script, str(tiny_model_dir), str(tmp_path)), env=ENV, check=True)
+    diffs = json.loads((tmp_path / "diffs.json").read_text())
+    assert diffs["world_size"] == 2 and diffs["compared"] > 0, diffs
+    assert max(diffs["logps"], diffs["entropy"], diffs["grads"]) <= 1e-5, diffs
+
+
 def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
     model, _ = load_checkpoint_model(ckpt, dtype=torch.float32)
     return model.state_dict()

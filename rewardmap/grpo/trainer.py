@@ -37,6 +37,7 @@ from rewardmap.grpo.losses import (
 from rewardmap.grpo.metrics import MetricsLogger, group_metrics, reward_metrics
 from rewardmap.grpo.setup import Components, build_components, row_image
 from rewardmap.models.logprobs import completion_logprobs
+from rewardmap.models.shared_prefix import micro_batches, shared_prefix_group
 from rewardmap.reward import score_batch
 from rewardmap.rollout import Sampling, prompt_seed
 
@@ -57,6 +58,8 @@ class GRPOTrainer:
         if world.is_main:
             (self.run_dir / "config.yaml").write_text(config_to_yaml(config))
         self.parts: Components = build_components(config, world)
+        # Completions per forward sequence: rollout.n when each group's prompt runs once (model.shared_prefix).
+        self.group_size = shared_prefix_group(config.model.shared_prefix, self.parts.model, config.rollout.n)
         self.step_count = 0
         self.metrics = MetricsLogger(self.run_dir, tensorboard=config.trainer.tensorboard, enabled=self.is_main)
 
@@ -280,8 +283,7 @@ class GRPOTrainer:
         micro = self.config.trainer.micro_batch_size
         logprobs = torch.zeros_like(batch.loss_mask, dtype=torch.float32)
         with torch.no_grad():
-            for start in range(0, logprobs.shape[0], micro):
-                part = slice(start, start + micro)
+            for part in micro_batches(logprobs.shape[0], micro, self.group_size):
                 logprobs[part] = completion_logprobs(
                     model,
                     batch.prompt_inputs,
@@ -290,6 +292,7 @@ class GRPOTrainer:
                     micro_batch_size=micro,
                     temperature=self.config.rollout.temperature,
                     prompt_index=batch.prompt_of[part],
+                    group_size=self.group_size,
                 )[0].float()
         return logprobs
 
@@ -313,8 +316,8 @@ class GRPOTrainer:
         correcting = algo.rollout_is == "truncated"
         totals = dict.fromkeys(LOSS_METRICS + (("rollout_is/weight_mean",) if correcting else ()), 0.0)
         weight_max = 0.0
-        for start in range(sequences.start, sequences.stop, micro):
-            part = slice(start, min(start + micro, sequences.stop))
+        for offset in micro_batches(sequences.stop - sequences.start, micro, self.group_size):
+            part = slice(sequences.start + offset.start, min(sequences.start + offset.stop, sequences.stop))
             mask = batch.loss_mask[part]
             logprobs, entropy = completion_logprobs(
                 parts.model,
@@ -325,6 +328,7 @@ class GRPOTrainer:
                 temperature=cfg.rollout.temperature,
                 with_entropy=algo.entropy_coef > 0,
                 prompt_index=batch.prompt_of[part],
+                group_size=self.group_size,
             )
             old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[part]
             pg_loss, clipped = clipped_policy_loss(

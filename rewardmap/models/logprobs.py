@@ -1,9 +1,9 @@
 """Per-token log-probs (and entropy) of completions under a Qwen2.5-VL policy, micro-batched; batched prompt inputs.
 
-Hot path of the GRPO update: each prompt's image is encoded once per micro-batch, and the lm_head runs only on the
-completion positions, in the fused chunked kernel of `fused.py` run inside the model's forward (where FSDP2 has the
-weights gathered), so no (tokens x vocabulary) logits are kept for autograd (a plain logits path remains for a
-ZeRO-3-partitioned lm_head).
+Hot path of the GRPO update: each prompt's image is encoded once per micro-batch, a group's prompt can run once for
+all its completions (`shared_prefix.py`), and the lm_head runs only on the completion positions, in the fused chunked
+kernel of `fused.py` run inside the model's forward (where FSDP2 has the weights gathered), so no (tokens x
+vocabulary) logits are kept for autograd (a plain logits path remains for a ZeRO-3-partitioned lm_head).
 """
 
 import logging
@@ -18,6 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from rewardmap.data.prompts import prompt_tensors, render_prompt
 from rewardmap.models.fused import linear_logprob, linear_logprob_entropy
+from rewardmap.models.shared_prefix import SharedPrefixMask, micro_batches
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +43,19 @@ def completion_logprobs(
     temperature: float = 1.0,
     with_entropy: bool = False,
     prompt_index: Tensor | None = None,
+    group_size: int = 1,
 ) -> tuple[Tensor, Tensor | None]:
     """Log-probs (B, C) of `completion_ids` (B, C) after their prompts, 0 where `completion_mask` (B, C) is 0.
 
     prompt_inputs: input_ids/attention_mask (P, L), padded on either side; optional pixel_values (sum of patches, D)
     with image_grid_thw (P, 3), one image per prompt. `prompt_index` (B,) names each completion's prompt (default:
     completion i follows prompt i); a prompt's image is encoded once per micro-batch however many of its completions
-    are in it. Returns (logps, entropy or None), both differentiable; the entropy is that of the temperature-scaled
-    next-token distribution. A training pass keeps every micro-batch's graph until backward, so the trainer slices
-    the batch itself when it needs to bound memory.
+    are in it. With group_size > 1 the rows come in groups of group_size consecutive completions of one prompt, and
+    each group runs as one sequence: the prompt once, then its completions, each attending to the prompt and itself
+    (sdpa attention only; micro-batches are then whole groups, see `micro_batches`). Returns (logps, entropy or
+    None), both differentiable; the entropy is that of the temperature-scaled next-token distribution. A training
+    pass keeps every micro-batch's graph until backward, so the trainer slices the batch itself when it needs to
+    bound memory.
     """
     input_ids, attention_mask = prompt_inputs["input_ids"], prompt_inputs["attention_mask"]
     prompts, batch = input_ids.shape[0], completion_ids.shape[0]
@@ -64,8 +69,13 @@ def completion_logprobs(
         )
     if batch and (prompt_index.min() < 0 or prompt_index.max() >= prompts):
         raise ValueError(f"prompt_index must lie in 0..{prompts - 1}: there are {prompts} prompts")
-    if micro_batch_size <= 0 or temperature <= 0:
-        raise ValueError(f"micro_batch_size ({micro_batch_size}) and temperature ({temperature}) must be positive")
+    if micro_batch_size <= 0 or temperature <= 0 or group_size <= 0:
+        raise ValueError(
+            f"micro_batch_size ({micro_batch_size}), temperature ({temperature}) and group_size ({group_size}) "
+            "must be positive"
+        )
+    if batch % group_size or not torch.equal(prompt_index, prompt_index[::group_size].repeat_interleave(group_size)):
+        raise ValueError(f"group_size={group_size} needs the rows in runs of {group_size} sharing one prompt_index")
     pixel_values, grid_thw = prompt_inputs.get("pixel_values"), prompt_inputs.get("image_grid_thw")
     if pixel_values is not None and (grid_thw is None or grid_thw.shape[0] != prompts):
         got = None if grid_thw is None else tuple(grid_thw.shape)
@@ -73,8 +83,8 @@ def completion_logprobs(
     # Patch offsets of each prompt's image inside the flat pixel_values.
     offsets = [0] + torch.cumsum(grid_thw.prod(-1), 0).tolist() if pixel_values is not None else None
     logps, entropies = [], []
-    for start in range(0, batch, micro_batch_size):
-        index = prompt_index[start : start + micro_batch_size]
+    for part in micro_batches(batch, micro_batch_size, group_size):
+        index = prompt_index[part][::group_size]  # one prompt row per sequence of the forward
         images = None
         if pixel_values is not None:
             unique, inverse = torch.unique(index, return_inverse=True)
@@ -85,10 +95,11 @@ def completion_logprobs(
             input_ids[index.to(input_ids.device)],
             attention_mask[index.to(attention_mask.device)],
             images,
-            completion_ids[start : start + micro_batch_size],
-            completion_mask[start : start + micro_batch_size],
+            completion_ids[part],
+            completion_mask[part],
             temperature,
             with_entropy,
+            group_size,
         )
         logps.append(lp)
         entropies.append(ent)
@@ -104,10 +115,12 @@ def _micro_batch_logprobs(
     completion_mask: Tensor,
     temperature: float,
     with_entropy: bool,
+    group_size: int,
 ) -> tuple[Tensor, Tensor | None]:
     """completion_logprobs on one micro-batch: left-align and trim the prompts, trim trailing completion padding.
 
-    `images` = (pixel_values of the distinct prompts' images, their image_grid_thw, each row's image number).
+    `images` = (pixel_values of the distinct prompts' images, their image_grid_thw, each prompt row's image number).
+    Completion rows g * group_size ... (g + 1) * group_size - 1 follow prompt row g, in one sequence.
     """
     # Stable sort of the mask moves padding to the left whichever side it was on; then drop all-padding columns.
     order = torch.argsort(prompt_mask.long(), dim=1, stable=True)
@@ -126,8 +139,8 @@ def _micro_batch_logprobs(
     config = next(m for m in model.modules() if hasattr(m, "get_rope_index")).config
     placeholders = torch.tensor([config.image_token_id, config.video_token_id], device=completion_ids.device)
     fed = completion_ids.masked_fill(torch.isin(completion_ids, placeholders), model.generation_config.pad_token_id)
-    ids = torch.cat([prompt_ids, fed], dim=1)
-    attention_mask = torch.cat([prompt_mask.to(mask.dtype), mask], dim=1).long()
+    rows = prompt_ids.shape[0]
+    ids = torch.cat([prompt_ids, fed.reshape(rows, group_size * width)], dim=1)
     image_kwargs, row_grid = {}, None
     if images is not None:
         # Encode each distinct image once; every row that shows it reuses the features (n rollouts per prompt).
@@ -136,14 +149,26 @@ def _micro_batch_logprobs(
         row_grid = grid[inverse.to(grid.device)]
         pooled = BaseModelOutputWithPooling(pooler_output=[features[i] for i in inverse.tolist()])
         image_kwargs = {"mm_encoder_outputs": {"image": pooled}}
-    position_ids = _mrope_position_ids(model, ids, attention_mask, row_grid)
-    # Hidden state at position t predicts token t + 1: keep the C positions ending just before the last token.
-    keep = torch.arange(longest - 1, longest + width - 1, device=ids.device)
+    # Every completion's positions continue from its prompt's end, as if it followed the prompt alone.
+    position_ids = _mrope_position_ids(
+        model, ids[:, : longest + width], F.pad(prompt_mask.long(), (0, width), value=1), row_grid
+    )
+    if group_size > 1:
+        completion_positions = position_ids[..., longest:].repeat(1, 1, group_size)
+        position_ids = torch.cat([position_ids[..., :longest], completion_positions], dim=-1)
+        attention_mask = {"full_attention": SharedPrefixMask(prompt_mask, group_size, width)}
+    else:
+        attention_mask = torch.cat([prompt_mask.to(mask.dtype), mask], dim=1).long()
+    # Hidden state at position t predicts token t + 1: completion i's token j > 0 is predicted at
+    # longest + i * width + j - 1, and every completion's first token at the prompt's last position.
+    keep = torch.arange(longest - 1, longest - 1 + group_size * width, device=ids.device).view(group_size, width)
+    keep[:, 0] = longest - 1
     head = model.get_output_embeddings().weight
     inputs = {"input_ids": ids, "attention_mask": attention_mask, "position_ids": position_ids, "use_cache": False}
     if head.numel() == 0 and not isinstance(head, torch.distributed.tensor.DTensor):
         # A ZeRO-3 partition (empty outside the lm_head's own forward): only that forward gathers it.
-        logits = model(**inputs, logits_to_keep=keep, **image_kwargs).logits.float()
+        logits = model(**inputs, logits_to_keep=keep.flatten(), **image_kwargs).logits.float()
+        logits = logits.reshape(-1, width, logits.shape[-1])  # (b * group_size, C, V)
         if temperature != 1.0:
             logits = logits / temperature
         logsumexp = torch.logsumexp(logits, dim=-1)
@@ -153,7 +178,7 @@ def _micro_batch_logprobs(
         targets = completion_ids[mask]
 
         def head_logprobs(hidden: Tensor, weight: Tensor) -> tuple[Tensor, Tensor | None]:
-            hidden = hidden[:, keep][mask]
+            hidden = hidden[:, keep].flatten(0, 1)[mask]
             if with_entropy or hidden.requires_grad:
                 return linear_logprob_entropy(hidden, weight, targets, temperature)
             return linear_logprob(hidden, weight, targets, temperature), None
