@@ -126,9 +126,10 @@ class GRPOTrainer:
 
         # 1. Rollouts: n completions per prompt; a prompt's seed comes from (rollout.seed, step, its global index),
         # so a resumed run samples the same, and so does any world size.
+        with _timer(timings, "weight_sync"):
+            parts.engine.sync_weights(parts.model)
         with _timer(timings, "rollout"):
             prompts, images = parts.prompts_and_images(rows)
-            parts.engine.sync_weights(parts.model)
             sampling = Sampling(
                 max_tokens=cfg.data.max_response_length,
                 temperature=cfg.rollout.temperature,

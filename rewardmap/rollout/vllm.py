@@ -94,7 +94,8 @@ class VLLMRolloutEngine:
         on_gpu = torch.cuda.is_available()
         self.sleep_mode = enable_sleep_mode and on_gpu
         options = {"tensor_parallel_size": tensor_parallel_size}
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        in_world = dist.is_initialized()  # the trainer's process group, which vLLM then uses instead of its own
+        if in_world and dist.get_world_size() > 1:
             # Join the trainer's world (ranks, devices) instead of starting worker processes of its own.
             options["distributed_executor_backend"] = "external_launcher"
         self.group = tensor_parallel_group(tensor_parallel_size)
@@ -128,6 +129,10 @@ class VLLMRolloutEngine:
                 f"vLLM cannot fit in rollout.gpu_memory_utilization={gpu_memory_utilization} with "
                 f"rollout.max_model_len={max_model_len}: {fix} (vLLM: {str(error).splitlines()[0]})"
             ) from error
+        if in_world:
+            # vLLM's exit handler would destroy the process group, which the trainer owns and destroys (with vLLM's
+            # subgroups) when it leaves the world; run after that, the handler fails on the groups already gone.
+            self.llm.llm_engine.engine_core._finalizer.detach()
         self.asleep = False
 
     def sync_weights(self, model: torch.nn.Module) -> None:
