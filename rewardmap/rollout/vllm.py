@@ -37,7 +37,8 @@ MEMORY_FIXES = {
 
 
 def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """The policy's weights under Hugging Face checkpoint names; LoRA adapters merged in, adapter tensors left out."""
+    """The policy's weights one whole tensor at a time under Hugging Face checkpoint names (an FSDP2 shard is gathered
+    when its turn comes: a collective every rank runs, never a whole state dict); LoRA merged in, adapters left out."""
     if hasattr(model, "merge_adapter"):  # a peft model: merge, read, unmerge (no second copy of the weights)
         model.merge_adapter()
         try:
