@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from rewardmap.config import load_config  # noqa: E402
 from rewardmap.data.prompts import build_messages  # noqa: E402
 from rewardmap.distributed import World, join_world  # noqa: E402
+from rewardmap.grpo.batching import TrainBatch  # noqa: E402
 from rewardmap.grpo.trainer import GRPOTrainer  # noqa: E402
 from rewardmap.models.loading import load_processor  # noqa: E402
 from rewardmap.models.tiny import build_tiny_model  # noqa: E402
@@ -261,7 +262,16 @@ def loss_agreement(ours: GRPOTrainer, rows: list[dict], recorder: Recorder) -> d
 
     with torch.no_grad(), parts.reference() as reference:
         our_ref, _ = completion_logprobs(reference, inputs, ids, mask, micro_batch_size=4, prompt_index=prompt_of)
-    stats = ours._update(inputs, prompt_of, ids, mask, advantages, probe_ref)
+    batch = TrainBatch(
+        prompt_inputs=inputs,
+        prompt_of=prompt_of,
+        completion_ids=ids,
+        loss_mask=mask,
+        advantages=advantages,
+        rollout_logprobs=torch.zeros_like(probe_ref),
+        ref_logprobs=probe_ref,
+    )
+    stats = ours._update(batch, slice(0, ids.shape[0]))
     trl_loss = sum(recorder.trl_losses)
     return {
         "trl_loss": trl_loss,

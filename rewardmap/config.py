@@ -125,10 +125,20 @@ class RewardConfig:
     """difficulty_aware (weights by city difficulty and transfers) or baseline (weight 1)."""
     counting1_detail: bool = False
     """Partial credit for listed intermediate stops on Counting1 (corrected variant only)."""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong penalty: answers longer than data.max_response_length - overlong_buffer tokens lose up
+    to reward.overlong_penalty_factor, linearly, added to the released reward; 0 turns it off (as released)."""
+    overlong_penalty_factor: float = 1.0
+    """The overlong penalty at data.max_response_length tokens."""
 
     def __post_init__(self) -> None:
         _check_choice("reward", "variant", self.variant, ("released", "corrected"))
         _check_choice("reward", "mode", self.mode, ("difficulty_aware", "baseline"))
+        if self.overlong_buffer < 0 or self.overlong_penalty_factor < 0:
+            raise InputError(
+                f"reward.overlong_buffer={self.overlong_buffer} and reward.overlong_penalty_factor="
+                f"{self.overlong_penalty_factor} must be >= 0 (overlong_buffer=0 turns the penalty off)"
+            )
 
 
 @dataclass
@@ -195,11 +205,38 @@ class AlgorithmConfig:
     entropy_coef: float = 1e-3
     """Entropy bonus: loss = pg_loss - entropy_coef * entropy."""
     loss_agg: str = "token-mean"
-    """token-mean (as released) or seq-mean-token-mean."""
+    """token-mean (as released), seq-mean-token-mean, or seq-mean-token-sum-norm (Dr.GRPO's constant normaliser)."""
+    advantage_std_norm: bool = True
+    """Divide advantages by the group's reward std (as released); false: r - mean (Dr.GRPO)."""
+    importance_level: str = "token"
+    """token (as released) or sequence (GSPO: one length-normalised ratio per answer; use a small clip range)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch; > 1 (or trainer.mini_batches_per_step > 1) computes old log-probs first."""
+    filter_zero_variance_groups: bool = False
+    """DAPO's dynamic sampling: drop groups whose rewards are all equal, refill from the same curriculum stage."""
+    max_filter_rounds: int = 3
+    """Dynamic sampling: at most this many rollout rounds per step (the first included)."""
+    rollout_is: str = "none"
+    """none (as released) or truncated: weight each token's loss by min(p_trainer / p_rollout-engine, cap)."""
+    rollout_is_cap: float = 2.0
+    """The truncation cap of algorithm.rollout_is=truncated."""
+    mask_truncated: bool = False
+    """No loss on answers cut at data.max_response_length (they count for nothing in the update)."""
 
     def __post_init__(self) -> None:
         _check_choice("algorithm", "kl_estimator", self.kl_estimator, ("low_var_kl", "k1", "mse"))
-        _check_choice("algorithm", "loss_agg", self.loss_agg, ("token-mean", "seq-mean-token-mean"))
+        _check_choice(
+            "algorithm", "loss_agg", self.loss_agg, ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+        )
+        _check_choice("algorithm", "importance_level", self.importance_level, ("token", "sequence"))
+        _check_choice("algorithm", "rollout_is", self.rollout_is, ("none", "truncated"))
+        if self.ppo_epochs < 1 or self.max_filter_rounds < 1:
+            raise InputError(
+                f"algorithm.ppo_epochs={self.ppo_epochs} and algorithm.max_filter_rounds={self.max_filter_rounds} "
+                "must both be >= 1"
+            )
+        if self.rollout_is_cap < 1:
+            raise InputError(f"algorithm.rollout_is_cap={self.rollout_is_cap} must be >= 1 (weights are capped there)")
 
 
 @dataclass
@@ -230,6 +267,8 @@ class TrainerConfig:
     """Gradient-norm clip."""
     micro_batch_size: int = 1
     """Sequences per forward/backward in the update and log-prob passes (gradients accumulate to one step)."""
+    mini_batches_per_step: int = 1
+    """Optimizer steps per rollout batch (verl's ppo_mini_batch_size = batch / this); > 1 computes old log-probs."""
     max_steps: int | None = None
     """Stop after this many GRPO steps (None: one pass over the curriculum)."""
     save_freq: int = 100
@@ -255,10 +294,11 @@ class TrainerConfig:
         _check_choice("trainer", "backend", self.backend, ("fsdp2", "deepspeed"))
         if self.zero_stage not in (2, 3):
             raise InputError(f"trainer.zero_stage={self.zero_stage} is not one of 2, 3")
-        if self.save_freq < 1 or self.save_limit < 1 or self.micro_batch_size < 1:
+        if min(self.save_freq, self.save_limit, self.micro_batch_size, self.mini_batches_per_step) < 1:
             raise InputError(
-                f"trainer.save_freq={self.save_freq}, trainer.save_limit={self.save_limit} and "
-                f"trainer.micro_batch_size={self.micro_batch_size} must all be >= 1"
+                f"trainer.save_freq={self.save_freq}, trainer.save_limit={self.save_limit}, "
+                f"trainer.micro_batch_size={self.micro_batch_size} and "
+                f"trainer.mini_batches_per_step={self.mini_batches_per_step} must all be >= 1"
             )
 
 

@@ -43,6 +43,26 @@ def synth_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_dataset(tmp_path_factory.mktemp("synth") / "data", cities=3, seed=0)
 
 
+@pytest.fixture(scope="session")
+def warm_model_dir(tiny_model_dir: Path, synth_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model after a short SFT warm start on the synthetic rows: answers in format some of the time, so
+    a group's rewards can differ (the untrained model scores 0 everywhere)."""
+    from rewardmap.config import load_config
+    from rewardmap.grpo.sft import warm_start
+
+    out = tmp_path_factory.mktemp("warm")
+    overrides = [
+        f"model.path={tiny_model_dir}",
+        f"data.train_files={synth_dataset_dir}",
+        f"trainer.output_dir={out}",
+        f"data.image_cache_dir={out / 'image_cache'}",
+        "data.max_pixels=50176",
+        "sft.steps=60",
+        "sft.lr=3e-3",
+    ]
+    return Path(warm_start(load_config(REPO_ROOT / "configs" / "demo.yaml", overrides)).model.path)
+
+
 @pytest.fixture
 def world():
     """A one-process training world (gloo), left again after the test."""

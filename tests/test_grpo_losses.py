@@ -5,7 +5,16 @@ import math
 import pytest
 import torch
 
-from rewardmap.grpo.losses import aggregate, clipped_policy_loss, group_advantages, kl_penalty, masked_mean
+from rewardmap.grpo.losses import (
+    aggregate,
+    clipped_policy_loss,
+    group_advantages,
+    kl_penalty,
+    log_ratio,
+    masked_mean,
+    overlong_penalty,
+    truncated_is_weights,
+)
 
 
 def test_group_advantages_by_hand():
@@ -74,3 +83,60 @@ def test_aggregation_is_invariant_to_the_micro_batch_split(mode):
     for size in (1, 2, 3):
         parts = sum(aggregate(values[i : i + size], mask[i : i + size], mode, normalizer) for i in range(0, 6, size))
         torch.testing.assert_close(parts, whole)
+
+
+def test_dr_grpo_advantages_skip_the_std():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(group_advantages(rewards, 4, std_norm=False), torch.tensor([0.75, -0.25, -0.25, -0.25]))
+    assert group_advantages(rewards, 4)[0] > 1.0, "the std-normalised advantage is larger for a rare success"
+
+
+def test_dr_grpo_normaliser_is_a_constant():
+    values = torch.tensor([[1.0, 2.0, 100.0], [3.0, 100.0, 100.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    # sum over tokens / (2 sequences x a response limit of 4 tokens), whatever the answers' lengths
+    assert aggregate(values, mask, "seq-mean-token-sum-norm", normalizer=2 * 4).item() == pytest.approx(6.0 / 8)
+    with pytest.raises(ValueError, match="seq-mean-token-sum-norm"):
+        aggregate(values, mask, "token-sum", normalizer=1)
+
+
+def test_sequence_level_ratio_by_hand():
+    old = torch.zeros(2, 3)
+    logp = torch.tensor([[0.3, -0.1, 5.0], [0.2, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    ratio = torch.exp(log_ratio(logp, old, mask, "sequence"))
+    # every token carries its sequence's exp(mean log-ratio) over real tokens: exp(0.1) and exp(0.2 / 3)
+    expected = torch.tensor([[math.exp(0.1)] * 3, [math.exp(0.2 / 3)] * 3])
+    torch.testing.assert_close(ratio.detach(), expected)
+    # ... while each token's gradient is that of its own log-prob, scaled by the sequence ratio (GSPO-token)
+    (ratio * mask).sum().backward()
+    torch.testing.assert_close(logp.grad, expected * mask)
+    loss, clipped = clipped_policy_loss(logp, old, torch.tensor([1.0, 1.0]), 3e-4, 4e-4, mask=mask, level="sequence")
+    assert clipped[0].tolist() == [1.0, 1.0, 1.0], "GSPO clips whole sequences"
+    torch.testing.assert_close(loss[0].detach(), torch.full((3,), -(1 + 4e-4)))
+    with pytest.raises(ValueError, match="unknown importance level 'word'"):
+        log_ratio(logp, old, mask, "word")
+
+
+def test_token_ratio_with_clip_higher_by_hand():
+    old = torch.zeros(1, 2)
+    logp = torch.log(torch.tensor([[1.25, 1.35]]))
+    loss, clipped = clipped_policy_loss(logp, old, torch.tensor([1.0]), 0.2, 0.28)  # DAPO's clip-higher
+    torch.testing.assert_close(loss, torch.tensor([[-1.25, -1.28]]))
+    assert clipped.tolist() == [[0.0, 1.0]], "1.25 is inside [0.8, 1.28]: clip-higher lets it through"
+
+
+def test_truncated_importance_weights_by_hand():
+    old = torch.log(torch.tensor([[0.5, 0.9, 0.1]]))
+    rollout = torch.log(torch.tensor([[0.25, 0.9, 0.01]]))
+    weights = truncated_is_weights(old.requires_grad_(), rollout, cap=2.0)
+    torch.testing.assert_close(weights, torch.tensor([[2.0, 1.0, 2.0]]))  # 2.0, 1.0 and 10 capped at 2
+    assert not weights.requires_grad
+    torch.testing.assert_close(truncated_is_weights(old, rollout, cap=20.0), torch.tensor([[2.0, 1.0, 10.0]]))
+
+
+def test_overlong_penalty_by_hand():
+    lengths = torch.tensor([10, 12, 14, 16, 20])
+    # max 16 tokens, buffer 4: free up to 12, then -0.5 per token to -2.0 at 16 (and no further)
+    torch.testing.assert_close(overlong_penalty(lengths, 16, 4, 2.0), torch.tensor([0.0, 0.0, -1.0, -2.0, -2.0]))
+    assert torch.count_nonzero(overlong_penalty(lengths, 16, 0, 2.0)) == 0, "buffer 0 is off"

@@ -14,7 +14,9 @@ import torch
 
 from rewardmap.config import load_config
 from rewardmap.grpo import checkpoint
+from rewardmap.grpo.batching import Group
 from rewardmap.grpo.trainer import GRPOTrainer
+from rewardmap.rollout import Completion
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
@@ -72,17 +74,12 @@ def test_zero_advantage_and_zero_kl_give_zero_loss(tiny_model_dir, synth_dataset
         DEMO, small_overrides(tiny_model_dir, synth_dataset_dir, tmp_path, "algorithm.entropy_coef=0")
     )
     trainer = GRPOTrainer(config, world)
-    parts = trainer.parts
-    rows = [parts.rows[i] for i in parts.stream.next_batch()[1]]
-    prompts, images = parts.prompts_and_images(rows)
-    inputs = parts.prompt_inputs(prompts, images)
-    ids = torch.tensor([[9707, 1879, 151645], [9707, 151645, 151643]])
-    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    from rewardmap.models.logprobs import completion_logprobs
-
-    with torch.no_grad():
-        current, _ = completion_logprobs(parts.model, inputs, ids, mask, micro_batch_size=1)
-    stats = trainer._update(inputs, torch.arange(2), ids, mask, torch.zeros(2), current)
+    answers = [[9707, 1879, 151645], [9707, 151645]]
+    groups = [
+        Group(row, [Completion(ids, "", [], True) for ids in answers], [], [0.5, 0.5])  # equal rewards: advantage 0
+        for row in trainer.parts.stream.next_batch()[1]
+    ]
+    stats = trainer.train_on(groups, {})  # the reference is the untrained policy: KL 0
     assert stats["loss/total"] == pytest.approx(0.0, abs=1e-7)
     assert stats["optim/grad_norm"] == pytest.approx(0.0, abs=1e-6)
 
@@ -129,19 +126,20 @@ def _steps(run_dir: Path) -> dict[int, dict]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_the_uninterrupted_run(tiny_model_dir, synth_dataset_dir, tmp_path):
+def test_sigkill_then_resume_matches_the_uninterrupted_run(warm_model_dir, synth_dataset_dir, tmp_path):
+    """With dynamic sampling and two mini-batches on (the 2-process resume test covers the released step), from the
+    warm-started model so that some groups' rewards differ."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    variant = ("algorithm.filter_zero_variance_groups=true", "trainer.mini_batches_per_step=2", "trainer.save_freq=1")
     straight = tmp_path / "straight"
     subprocess.run(
-        _train_command(small_overrides(tiny_model_dir, synth_dataset_dir, straight, "trainer.save_freq=1")),
+        _train_command(small_overrides(warm_model_dir, synth_dataset_dir, straight, *variant)),
         check=True,
         env=env,
         cwd=REPO,
     )
     killed = tmp_path / "killed"
-    overrides = small_overrides(
-        tiny_model_dir, synth_dataset_dir, killed, "trainer.save_freq=1", "trainer.save_limit=5"
-    )
+    overrides = small_overrides(warm_model_dir, synth_dataset_dir, killed, *variant, "trainer.save_limit=5")
     process = subprocess.Popen(_train_command(overrides), env=env, cwd=REPO)
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step_000002" / "COMPLETE").is_file():
@@ -153,8 +151,10 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tiny_model_dir, synth
 
     first, second = _steps(straight), _steps(killed)
     assert sorted(second) == [1, 2, 3, 4]
+    assert all("filter/rounds" in record for record in second.values())
+    assert sum(record["filter/kept_groups"] for record in first.values()) > 0, "some updates must have groups"
     for step in (3, 4):
-        for key in ("loss/total", "loss/kl", "reward/mean", "response/length_mean"):
+        for key in ("loss/total", "loss/kl", "reward/mean", "response/length_mean", "groups/zero_variance_fraction"):
             assert second[step][key] == first[step][key], (step, key)
     final_a = sorted((checkpoint.latest(straight) / "sharded").glob("*.distcp"))
     final_b = sorted((checkpoint.latest(killed) / "sharded").glob("*.distcp"))

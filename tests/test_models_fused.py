@@ -35,6 +35,15 @@ def test_values_and_gradients_equal_autograd(temperature, monkeypatch):
     torch.testing.assert_close(linear_logprob(hidden, weight, targets, temperature), expected_logp)
 
 
+def test_no_tokens_give_empty_outputs_and_zero_gradients():
+    hidden = torch.zeros(0, 16, requires_grad=True)
+    weight = torch.randn(300, 16, requires_grad=True)
+    logp, entropy = linear_logprob_entropy(hidden, weight, torch.zeros(0, dtype=torch.long))
+    assert logp.shape == entropy.shape == (0,)
+    (logp.sum() + entropy.sum() + (weight * 0).sum()).backward()
+    assert torch.count_nonzero(weight.grad) == 0
+
+
 def test_rollouts_of_one_prompt_share_its_image(tiny_model_dir, maps_root):
     from rewardmap.data.images import load_image
 

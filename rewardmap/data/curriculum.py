@@ -139,6 +139,11 @@ class CurriculumStream:
             types, stages, batch_size=batch_size, order=order, difficulties=difficulties, seed=seed
         )
         self.position = 0
+        pools: dict[int, dict[int, None]] = {}
+        for stage, indices in self.batches:
+            pools.setdefault(stage, {}).update(dict.fromkeys(indices))
+        self.stage_rows = {stage: list(rows) for stage, rows in pools.items()}
+        """Every planned row of each stage, in plan order: the pool `draw` refills from."""
         self._fingerprint = hashlib.sha256(json.dumps(self.batches).encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
@@ -157,6 +162,13 @@ class CurriculumStream:
         stage, indices = self.batches[self.position]
         self.position += 1
         return stage, list(indices)
+
+    def draw(self, stage: int, count: int, key: Sequence[int]) -> list[int]:
+        """`count` rows of stage `stage`, picked by an RNG seeded with `key` (e.g. seed, step, round): the same rows
+        after a resume and on any world size; no row twice unless the stage has fewer than `count`."""
+        pool = self.stage_rows[stage]
+        rng = random.Random(":".join(str(part) for part in key))
+        return rng.sample(pool, count) if count <= len(pool) else [rng.choice(pool) for _ in range(count)]
 
     def state_dict(self) -> dict[str, Any]:
         """The position in the stream plus a fingerprint of the plan (JSON-serialisable)."""

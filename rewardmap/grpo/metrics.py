@@ -1,8 +1,10 @@
-"""Training metrics: per-step reward figures by question type and stage, written to JSONL and TensorBoard."""
+"""Training metrics: per-step reward figures and sparse-reward diagnostics by question type and stage, written to
+JSONL and TensorBoard."""
 
 from __future__ import annotations
 
 import json
+import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,21 @@ def reward_metrics(scores: Sequence[RewardBreakdown], rows: Sequence[dict], n: i
     for qtype, group in sorted(by_type.items()):
         metrics[f"reward/{qtype}/mean"] = sum(s.total for s in group) / len(group)
         metrics[f"reward/{qtype}/accuracy"] = sum(s.correct for s in group) / len(group)
+    return metrics
+
+
+def group_metrics(groups: Sequence, rows: Sequence[dict]) -> dict[str, float]:
+    """Sparse-reward diagnostics of a step's groups (`rows[i]` is group i's row), overall and per question type:
+    the fraction of groups whose rewards are all equal (zero advantage, no signal), of groups whose rewards are all
+    zero, and the mean reward std within a group."""
+    by_type: dict[str, list] = defaultdict(list)
+    for group, row in zip(groups, rows, strict=True):
+        by_type[row["type"]].append(group)
+    metrics = {}
+    for prefix, part in [("groups", groups)] + [(f"groups/{t}", by_type[t]) for t in sorted(by_type)]:
+        metrics[f"{prefix}/zero_variance_fraction"] = sum(g.zero_variance for g in part) / len(part)
+        metrics[f"{prefix}/all_zero_fraction"] = sum(not any(g.rewards) for g in part) / len(part)
+        metrics[f"{prefix}/reward_std"] = sum(statistics.pstdev(g.rewards) for g in part) / len(part)
     return metrics
 
 

@@ -120,10 +120,13 @@ def check_vllm_world(config: RewardMapConfig, world: World) -> None:
 def build_components(config: RewardMapConfig, world: World) -> Components:
     """Loads the model(s) and data of a run; the policy (fp32 master weights) and the reference are sharded."""
     cfg_model, cfg_data = config.model, config.data
-    if cfg_data.prompts_per_step % world.size:
+    split = world.size * config.trainer.mini_batches_per_step
+    if cfg_data.prompts_per_step % split:
         raise InputError(
-            f"data.prompts_per_step={cfg_data.prompts_per_step} does not split over the world of {world.size} "
-            "processes (NPROC x NNODES): each process trains whole groups, so make one a multiple of the other"
+            f"data.prompts_per_step={cfg_data.prompts_per_step} does not split into trainer.mini_batches_per_step="
+            f"{config.trainer.mini_batches_per_step} mini-batches over the world of {world.size} processes "
+            "(NPROC x NNODES): each process trains whole groups, so make prompts_per_step a multiple of "
+            f"{split}"
         )
     if config.rollout.engine == "vllm":
         check_vllm_world(config, world)

@@ -9,6 +9,7 @@ and the loss is normalised by the token count of the whole world, so it equals t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -22,15 +23,27 @@ from rewardmap.distributed import World, all_gather_lists, all_reduce_sum
 from rewardmap.eval.report import summarize
 from rewardmap.eval.runner import evaluate_rows
 from rewardmap.grpo import checkpoint
-from rewardmap.grpo.batching import completion_tensors
-from rewardmap.grpo.losses import aggregate, clipped_policy_loss, group_advantages, kl_penalty, masked_mean
-from rewardmap.grpo.metrics import MetricsLogger, reward_metrics
+from rewardmap.grpo.batching import Group, TrainBatch, completion_tensors, logprob_tensor, update_shards
+from rewardmap.grpo.losses import (
+    aggregate,
+    clipped_policy_loss,
+    group_advantages,
+    kl_penalty,
+    log_ratio,
+    masked_mean,
+    overlong_penalty,
+    truncated_is_weights,
+)
+from rewardmap.grpo.metrics import MetricsLogger, group_metrics, reward_metrics
 from rewardmap.grpo.setup import Components, build_components, row_image
 from rewardmap.models.logprobs import completion_logprobs
 from rewardmap.reward import score_batch
 from rewardmap.rollout import Sampling, prompt_seed
 
 logger = logging.getLogger(__name__)
+
+# Token-weighted figures of each optimizer step; a step logs their mean over its optimizer steps.
+LOSS_METRICS = ("loss/policy", "loss/kl", "loss/entropy", "loss/clip_fraction", "loss/ratio_mean", "loss/total")
 
 
 class GRPOTrainer:
@@ -118,128 +131,216 @@ class GRPOTrainer:
 
     def step(self, stage: int, indices: list[int]) -> dict[str, float]:
         """One GRPO step on the rows `indices` (the whole world's batch) of curriculum stage `stage`; its metrics."""
-        cfg, parts, world, n = self.config, self.parts, self.world, self.config.rollout.n
-        indices = whole_batch(indices, world.size)
-        mine = world.shard(indices, "prompts")
-        rows = [parts.rows[i] for i in indices[mine]]
+        cfg, parts, world, algo = self.config, self.parts, self.world, self.config.algorithm
+        batch = whole_batch(indices, world.size)
         timings: dict[str, float] = {}
-
-        # 1. Rollouts: n completions per prompt; a prompt's seed comes from (rollout.seed, step, its global index),
-        # so a resumed run samples the same, and so does any world size.
         with _timer(timings, "weight_sync"):
             parts.engine.sync_weights(parts.model)
-        with _timer(timings, "rollout"):
-            prompts, images = parts.prompts_and_images(rows)
-            sampling = Sampling(
-                max_tokens=cfg.data.max_response_length,
-                temperature=cfg.rollout.temperature,
-                top_p=cfg.rollout.top_p,
-                top_k=cfg.rollout.top_k,
+
+        # 1-2. Rollouts and rewards, in rounds: the batch's rows; then, with dynamic sampling, rows drawn from the same
+        # stage (seeded by seed, step and round) until the batch is full of groups whose rewards differ.
+        generated: list[Group] = []
+        kept: list[Group] = []
+        for round_number in range(algo.max_filter_rounds if algo.filter_zero_variance_groups else 1):
+            key = (cfg.trainer.seed, self.step_count, round_number)
+            rows = batch if round_number == 0 else parts.stream.draw(stage, len(batch), key)
+            groups = self._rollout(rows, round_number * len(batch), timings)
+            generated += groups
+            kept += [g for g in groups if not (algo.filter_zero_variance_groups and g.zero_variance)]
+            if len(kept) >= len(batch):
+                break
+        kept = kept[: len(batch)]
+        if not kept:
+            logger.warning(
+                "step %d: every group's rewards are equal after %d rounds; no update",
+                self.step_count + 1,
+                round_number + 1,
             )
-            seeds = [prompt_seed(cfg.rollout.seed, self.step_count, i) for i in range(mine.start, mine.stop)]
-            groups = parts.engine.generate(prompts, images, n, sampling, seeds)
-        completions = [completion for group in groups for completion in group]
 
-        # 2. Reward: the difficulty-aware detail reward on every completion; advantages within each (local) group.
-        with _timer(timings, "reward"):
-            samples = [row for row in rows for _ in range(n)]
-            scores = score_batch(
-                [c.text for c in completions],
-                samples,
-                variant=cfg.reward.variant,
-                mode=cfg.reward.mode,
-                counting1_detail=cfg.reward.counting1_detail,
-                metro_root=cfg.data.metro_root,
-            )
-            rewards = torch.tensor([s.total for s in scores], dtype=torch.float32)
-            advantages = group_advantages(rewards, n, cfg.algorithm.adv_eps).to(world.device)
+        # 3-5. Reference log-probs, old log-probs when needed, and the optimizer steps, on this rank's share.
+        stats = self.train_on(kept, timings)
 
-        # 3. Tensors on the model's device: prompts once (with their images), completions right-padded,
-        # sequence i -> prompt i // n.
-        prompt_inputs = parts.prompt_inputs(prompts, images)
-        completion_ids, completion_mask = (t.to(world.device) for t in completion_tensors(completions, parts.pad_id))
-        prompt_of = torch.arange(len(completions), device=world.device) // n
-        micro = cfg.trainer.micro_batch_size
-        slices = [slice(i, i + micro) for i in range(0, len(completions), micro)]
-
-        # 4. Reference log-probs for the KL loss (no gradient).
-        ref_logprobs = torch.zeros_like(completion_mask, dtype=torch.float32)
-        if cfg.algorithm.kl_coef > 0:
-            with _timer(timings, "ref_logprobs"), torch.no_grad(), parts.reference() as reference:
-                for part in slices:
-                    ref_logprobs[part] = completion_logprobs(
-                        reference,
-                        prompt_inputs,
-                        completion_ids[part],
-                        completion_mask[part],
-                        micro_batch_size=micro,
-                        temperature=cfg.rollout.temperature,
-                        prompt_index=prompt_of[part],
-                    )[0].float()
-
-        # 5. Update: one optimizer step over micro-batches; on-policy, so the old log-probs are the current ones.
-        with _timer(timings, "update"):
-            stats = self._update(prompt_inputs, prompt_of, completion_ids, completion_mask, advantages, ref_logprobs)
-
-        # 6. Metrics of the whole world's batch (every rank computes them; the main rank logs them).
-        all_scores = all_gather_lists(scores)
-        tokens = stats["batch/tokens"]
-        (finished,) = all_reduce_sum([sum(c.finished for c in completions)], world.device)
+        # 6. Metrics of the whole world's batch (every rank has every group; the main rank logs them).
+        generated_rows = [parts.rows[g.row] for g in generated]
+        completions = [c for group in kept for c in group.completions]
+        tokens = float(sum(len(c.token_ids) for c in completions))
         seconds = sum(timings.values())
+        options = {}
+        if algo.filter_zero_variance_groups:
+            options = {"filter/rounds": round_number + 1, "filter/kept_groups": len(kept)}
+        if cfg.reward.overlong_buffer:
+            penalties = [r - s.total for g in generated for r, s in zip(g.rewards, g.scores, strict=True)]
+            options["reward/overlong_penalty_mean"] = sum(penalties) / len(penalties)
         return {
-            **reward_metrics(all_scores, [parts.rows[i] for i in indices], n, stage),
+            **reward_metrics([s for g in generated for s in g.scores], generated_rows, cfg.rollout.n, stage),
+            **group_metrics(generated, generated_rows),
+            **options,
             **stats,
-            "batch/sequences": float(len(all_scores)),
-            "batch/sequences_per_rank": float(len(completions)),
-            "response/length_mean": tokens / len(all_scores),
-            "response/finished_fraction": finished / len(all_scores),
+            "batch/tokens": tokens,
+            "batch/sequences": float(len(completions)),
+            "batch/sequences_per_rank": float(len(completions) // world.size),
+            "response/length_mean": tokens / max(len(completions), 1),
+            "response/finished_fraction": sum(c.finished for c in completions) / max(len(completions), 1),
             "optim/lr": learning_rate(cfg.trainer, self.step_count),
             **{f"timing/{name}_s": value for name, value in timings.items()},
             "timing/step_s": seconds,
             "timing/tokens_per_s": tokens / max(seconds, 1e-9),
         }
 
-    def _update(
-        self,
-        prompt_inputs: dict,
-        prompt_of: torch.Tensor,
-        completion_ids: torch.Tensor,
-        completion_mask: torch.Tensor,
-        advantages: torch.Tensor,
-        ref_logprobs: torch.Tensor,
-    ) -> dict[str, float]:
-        """Accumulate the GRPO loss over micro-batches, clip, step; returns loss/KL/entropy/clip/grad metrics and the
-        world's completion token count (batch/tokens).
+    def _rollout(self, rows: list[int], first_index: int, timings: dict[str, float]) -> list[Group]:
+        """Every group of the world's batch `rows`: each rank samples and scores its share, then all are gathered.
 
-        The tensors are this rank's share of the batch; the normaliser (tokens or sequences) is the whole world's, so
-        the gradient summed over ranks is the gradient of the single-process loss on the whole batch.
+        A prompt's seed comes from (rollout.seed, step, first_index + its place in `rows`): a resumed run samples the
+        same, and so does any world size.
+        """
+        cfg, parts, world, n = self.config, self.parts, self.world, self.config.rollout.n
+        mine = world.shard(rows, "prompts")
+        with _timer(timings, "rollout"):
+            prompts, images = parts.prompts_and_images([parts.rows[i] for i in rows[mine]])
+            sampling = Sampling(
+                max_tokens=cfg.data.max_response_length,
+                temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p,
+                top_k=cfg.rollout.top_k,
+            )
+            seeds = [
+                prompt_seed(cfg.rollout.seed, self.step_count, first_index + i) for i in range(mine.start, mine.stop)
+            ]
+            samples = parts.engine.generate(prompts, images, n, sampling, seeds)
+        with _timer(timings, "reward"):
+            completions = [c for group in samples for c in group]
+            scores = score_batch(
+                [c.text for c in completions],
+                [parts.rows[i] for i in rows[mine] for _ in range(n)],
+                variant=cfg.reward.variant,
+                mode=cfg.reward.mode,
+                counting1_detail=cfg.reward.counting1_detail,
+                metro_root=cfg.data.metro_root,
+            )
+            lengths = torch.tensor([len(c.token_ids) for c in completions])
+            penalty = overlong_penalty(
+                lengths, cfg.data.max_response_length, cfg.reward.overlong_buffer, cfg.reward.overlong_penalty_factor
+            )
+            rewards = (torch.tensor([s.total for s in scores], dtype=torch.float32) + penalty).tolist()
+            groups = [
+                Group(row, samples[k], scores[k * n : (k + 1) * n], rewards[k * n : (k + 1) * n])
+                for k, row in enumerate(rows[mine])
+            ]
+            return all_gather_lists(groups)
+
+    def train_on(self, groups: list[Group], timings: dict[str, float]) -> dict[str, float]:
+        """The update on the step's groups (the whole world's, the same on every rank): this rank's share of each
+        mini-batch, reference and old log-probs, then trainer.mini_batches_per_step optimizer steps per PPO epoch.
+
+        Returns the updates' mean loss/clip/grad metrics (zeros, and no optimizer step, when there is no group).
+        """
+        cfg, parts, world, algo, n = self.config, self.parts, self.world, self.config.algorithm, self.config.rollout.n
+        shards = update_shards(len(groups), cfg.trainer.mini_batches_per_step, world)
+        mine = [(groups[number], trains) for shard in shards for number, trains in shard]
+        if not mine:
+            return {**dict.fromkeys(LOSS_METRICS, 0.0), "optim/grad_norm": 0.0}
+
+        # 3. Tensors on the model's device: prompts once (with their images), completions right-padded,
+        # sequence i -> prompt i // n; the loss mask drops top-up copies and (mask_truncated) cut-off answers.
+        prompts, images = parts.prompts_and_images([parts.rows[group.row] for group, _ in mine])
+        completions = [c for group, _ in mine for c in group.completions]
+        completion_ids, completion_mask = completion_tensors(completions, parts.pad_id)
+        trains = [keep and (c.finished or not algo.mask_truncated) for group, keep in mine for c in group.completions]
+        rewards = torch.tensor([r for group, _ in mine for r in group.rewards])
+        batch = TrainBatch(
+            prompt_inputs=parts.prompt_inputs(prompts, images),
+            prompt_of=torch.arange(len(completions), device=world.device) // n,
+            completion_ids=completion_ids.to(world.device),
+            loss_mask=(completion_mask * torch.tensor(trains).unsqueeze(-1)).to(world.device),
+            advantages=group_advantages(rewards, n, algo.adv_eps, algo.advantage_std_norm).to(world.device),
+            rollout_logprobs=logprob_tensor(completions, completion_ids.shape[1]).to(world.device),
+        )
+
+        # 4. Reference log-probs for the KL loss; old log-probs when the policy moves before a sequence is trained
+        # (several mini-batches or epochs) or the rollout engine's distribution is corrected for (no gradient).
+        if algo.kl_coef > 0:
+            with _timer(timings, "ref_logprobs"), parts.reference() as reference:
+                batch.ref_logprobs = self._logprobs_no_grad(reference, batch)
+        if algo.ppo_epochs > 1 or cfg.trainer.mini_batches_per_step > 1 or algo.rollout_is != "none":
+            with _timer(timings, "old_logprobs"):
+                batch.old_logprobs = self._logprobs_no_grad(parts.model, batch)
+
+        # 5. Updates: each PPO epoch walks the mini-batches, one optimizer step each.
+        bounds = list(itertools.accumulate((len(shard) * n for shard in shards), initial=0))
+        with _timer(timings, "update"):
+            updates = [
+                self._update(batch, slice(start, stop))
+                for _ in range(algo.ppo_epochs)
+                for start, stop in itertools.pairwise(bounds)
+            ]
+        return {name: sum(u[name] for u in updates) / len(updates) for name in updates[0]}
+
+    def _logprobs_no_grad(self, model: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
+        """Sampled-token log-probs (N, C) of the batch under `model`, micro-batch by micro-batch, without gradient."""
+        micro = self.config.trainer.micro_batch_size
+        logprobs = torch.zeros_like(batch.loss_mask, dtype=torch.float32)
+        with torch.no_grad():
+            for start in range(0, logprobs.shape[0], micro):
+                part = slice(start, start + micro)
+                logprobs[part] = completion_logprobs(
+                    model,
+                    batch.prompt_inputs,
+                    batch.completion_ids[part],
+                    batch.loss_mask[part],
+                    micro_batch_size=micro,
+                    temperature=self.config.rollout.temperature,
+                    prompt_index=batch.prompt_of[part],
+                )[0].float()
+        return logprobs
+
+    def _update(self, batch: TrainBatch, sequences: slice) -> dict[str, float]:
+        """One optimizer step on the sequences `sequences` of this rank's batch (its share of one mini-batch): the
+        GRPO loss accumulated over micro-batches, clipped gradients; returns the loss/clip/grad metrics.
+
+        The normaliser (tokens or sequences) is the whole world's mini-batch, so the gradient summed over ranks is the
+        gradient of the single-process loss on the whole mini-batch.
         """
         cfg, parts, world = self.config, self.parts, self.world
         algo, micro = cfg.algorithm, cfg.trainer.micro_batch_size
-        sequences = completion_ids.shape[0]
-        tokens, all_sequences = all_reduce_sum([completion_mask.sum().item(), sequences], world.device)
-        normalizer = tokens if algo.loss_agg == "token-mean" else all_sequences
+        trained = batch.loss_mask[sequences]
+        tokens, all_sequences = all_reduce_sum([trained.sum().item(), trained.any(-1).sum().item()], world.device)
+        normalizer = {
+            "token-mean": tokens,
+            "seq-mean-token-mean": all_sequences,
+            "seq-mean-token-sum-norm": all_sequences * cfg.data.max_response_length,
+        }[algo.loss_agg] or 1.0  # nothing to train on (every answer masked): a zero loss, not 0 / 0
         parts.backend.set_lr(learning_rate(cfg.trainer, self.step_count))
-        names = ("loss/policy", "loss/kl", "loss/entropy", "loss/clip_fraction", "loss/total")
-        totals = dict.fromkeys(names, 0.0)
-        for start in range(0, sequences, micro):
-            part = slice(start, start + micro)
-            mask = completion_mask[part]
+        correcting = algo.rollout_is == "truncated"
+        totals = dict.fromkeys(LOSS_METRICS + (("rollout_is/weight_mean",) if correcting else ()), 0.0)
+        weight_max = 0.0
+        for start in range(sequences.start, sequences.stop, micro):
+            part = slice(start, min(start + micro, sequences.stop))
+            mask = batch.loss_mask[part]
             logprobs, entropy = completion_logprobs(
                 parts.model,
-                prompt_inputs,
-                completion_ids[part],
+                batch.prompt_inputs,
+                batch.completion_ids[part],
                 mask,
                 micro_batch_size=micro,
                 temperature=cfg.rollout.temperature,
                 with_entropy=algo.entropy_coef > 0,
-                prompt_index=prompt_of[part],
+                prompt_index=batch.prompt_of[part],
             )
+            old = logprobs.detach() if batch.old_logprobs is None else batch.old_logprobs[part]
             pg_loss, clipped = clipped_policy_loss(
-                logprobs, logprobs.detach(), advantages[part], algo.clip_ratio_low, algo.clip_ratio_high
+                logprobs,
+                old,
+                batch.advantages[part],
+                algo.clip_ratio_low,
+                algo.clip_ratio_high,
+                mask=mask,
+                level=algo.importance_level,
             )
+            if correcting:
+                weights = truncated_is_weights(old, batch.rollout_logprobs[part], algo.rollout_is_cap)
+                pg_loss = pg_loss * weights
             kl = (
-                kl_penalty(logprobs, ref_logprobs[part], algo.kl_estimator)
+                kl_penalty(logprobs, batch.ref_logprobs[part], algo.kl_estimator)
                 if algo.kl_coef > 0
                 else torch.zeros_like(logprobs)  # no reference pass, no KL
             )
@@ -249,15 +350,23 @@ class GRPOTrainer:
             loss = aggregate(per_token, mask, algo.loss_agg, normalizer)
             parts.backend.backward(loss * world.size)  # backends average gradients over ranks; we want their sum
             share = mask.sum().item() / max(tokens, 1.0)
+            ratio = torch.exp(log_ratio(logprobs.detach(), old, mask, algo.importance_level))
             totals["loss/total"] += loss.item()
             totals["loss/policy"] += masked_mean(pg_loss.detach(), mask).item() * share
             totals["loss/kl"] += masked_mean(kl.detach(), mask).item() * share
             totals["loss/clip_fraction"] += masked_mean(clipped, mask).item() * share
+            totals["loss/ratio_mean"] += masked_mean(ratio, mask).item() * share
             if entropy is not None:
                 totals["loss/entropy"] += masked_mean(entropy.detach(), mask).item() * share
+            if correcting:
+                totals["rollout_is/weight_mean"] += masked_mean(weights, mask).item() * share
+                weight_max = max(weight_max, (weights * mask).max().item())
         grad_norm = parts.backend.step(cfg.trainer.max_grad_norm)
-        summed = all_reduce_sum([totals[name] for name in names], world.device)
-        return {**dict(zip(names, summed, strict=True)), "optim/grad_norm": grad_norm, "batch/tokens": tokens}
+        summed = all_reduce_sum(list(totals.values()), world.device)
+        stats = {**dict(zip(totals, summed, strict=True)), "optim/grad_norm": grad_norm}
+        if correcting:
+            stats["rollout_is/weight_max"] = max(all_gather_lists([weight_max]))
+        return stats
 
 
 def learning_rate(trainer: TrainerConfig, step: int) -> float:

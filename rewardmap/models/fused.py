@@ -43,6 +43,8 @@ class _LinearLogprobEntropy(torch.autograd.Function):
             entropies.append(entropy)
         ctx.save_for_backward(hidden, weight, targets)
         ctx.temperature = temperature
+        if not logps:  # no token to score (every answer of a micro-batch masked out)
+            return _at_least_fp32(hidden.new_zeros(0)), _at_least_fp32(hidden.new_zeros(0))
         return torch.cat(logps), torch.cat(entropies)
 
     @staticmethod
