@@ -166,7 +166,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.6
     """vLLM: fraction of GPU memory for weights and KV cache."""
     tensor_parallel_size: int = 1
-    """vLLM: GPUs per engine (the recipe uses 4 on an 8-GPU node)."""
+    """vLLM: consecutive ranks (GPUs) per engine; must divide the world size (the recipe uses 4 on an 8-GPU node)."""
     enforce_eager: bool = False
     """vLLM: skip CUDA graph capture."""
     enable_sleep_mode: bool = True
@@ -187,6 +187,11 @@ class RolloutConfig:
             )
         if self.n < 2:
             raise InputError(f"rollout.n={self.n}: GRPO needs at least 2 completions per prompt to form a group")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise InputError(
+                f"rollout.gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]: the fraction of "
+                "each GPU's memory (on CPU: of the RAM, for the KV cache) that vLLM may take"
+            )
 
 
 @dataclass

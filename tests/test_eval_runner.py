@@ -204,6 +204,12 @@ def test_eval_cli_end_to_end_then_extend_and_compare(tmp_path, tiny_model_dir, s
         compare.load_results(tmp_path / "nowhere")
 
 
+def test_eval_refuses_to_run_in_a_torchrun_world(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="eval runs in one process, and this is one of a torchrun world of 2"):
+        runner.run(_parse(runner, _eval_argv(tmp_path / "model", tmp_path / "data", tmp_path / "out", 4)))
+
+
 def test_compare_table_shows_differences():
     records = _records()
     better = [dict(r, correct=1) for r in records]

@@ -103,6 +103,7 @@ def test_config_matches_spec(tiny_model_dir: Path) -> None:
     assert (text["hidden_size"], text["num_hidden_layers"], text["head_dim"]) == (128, 2, 64)
     assert text["rope_parameters"]["mrope_section"] == [8, 12, 12]
     assert (vision["depth"], vision["hidden_size"], vision["out_hidden_size"]) == (2, 64, 128)
+    assert (text["num_attention_heads"], vision["num_heads"]) == (2, 2)  # vLLM tensor parallel 2 splits both
     generation = json.loads((tiny_model_dir / "generation_config.json").read_text())
     assert (generation["eos_token_id"], generation["pad_token_id"]) == ([151645, 151643], 151643)
 

@@ -1,8 +1,10 @@
-"""`rewardmap eval`: generate and score answers (or score answers produced elsewhere), resumable, with reports."""
+"""`rewardmap eval`: generate and score answers (or score answers produced elsewhere), resumable, with reports; one
+process (the trainer's validation is what answers inside a `torchrun` world)."""
 
 import argparse
 import json
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -290,6 +292,11 @@ def _generate(args: argparse.Namespace, dataset: MapDataset, common: Mapping) ->
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate a model (or score a file of answers) on a dataset split and print the results tables."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InputError(
+            f"rewardmap eval runs in one process, and this is one of a torchrun world of {os.environ['WORLD_SIZE']}: "
+            "launch it with `rewardmap eval ...` (every process would answer every row and write the same files)"
+        )
     if (args.model is None) == (args.responses is None):
         raise InputError(
             "pass --model MODEL_DIR to generate answers, or --responses FILE to score answers produced elsewhere "

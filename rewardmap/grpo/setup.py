@@ -101,6 +101,22 @@ def vllm_options(config: RewardMapConfig) -> dict:
     }
 
 
+def check_vllm_world(config: RewardMapConfig, world: World) -> None:
+    """Refuses vLLM rollouts the world cannot host: tensor-parallel groups that do not tile the world, or ZeRO-3."""
+    tp = config.rollout.tensor_parallel_size
+    if tp < 1 or world.size % tp:
+        raise InputError(
+            f"rollout.tensor_parallel_size={tp} does not divide the world of {world.size} processes (NPROC x NNODES): "
+            f"each vLLM engine spans tensor_parallel_size consecutive ranks, so pick a divisor of {world.size}"
+        )
+    if config.trainer.backend == "deepspeed" and config.trainer.zero_stage == 3:
+        raise InputError(
+            "rollout.engine=vllm with trainer.backend=deepspeed trainer.zero_stage=3 is not supported: the weight "
+            "sync reads whole weights, which ZeRO-3 partitions; use trainer.backend=fsdp2 (it shards the weights "
+            "too and syncs them one at a time) or trainer.zero_stage=2"
+        )
+
+
 def build_components(config: RewardMapConfig, world: World) -> Components:
     """Loads the model(s) and data of a run; the policy (fp32 master weights) and the reference are sharded."""
     cfg_model, cfg_data = config.model, config.data
@@ -112,6 +128,8 @@ def build_components(config: RewardMapConfig, world: World) -> Components:
             "(NPROC x NNODES): each process trains whole groups, so make prompts_per_step a multiple of "
             f"{split}"
         )
+    if config.rollout.engine == "vllm":
+        check_vllm_world(config, world)
     torch.manual_seed(config.trainer.seed)
     attn = None if cfg_model.attn_implementation == "auto" else cfg_model.attn_implementation
     model = load_policy(

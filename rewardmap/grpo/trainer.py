@@ -137,7 +137,7 @@ class GRPOTrainer:
         cfg, parts, world, algo = self.config, self.parts, self.world, self.config.algorithm
         batch = whole_batch(indices, world.size)
         timings: dict[str, float] = {}
-        with _timer(timings, "rollout"):
+        with _timer(timings, "weight_sync"):
             parts.engine.sync_weights(parts.model)
 
         # 1-2. Rollouts and rewards, in rounds: the batch's rows; then, with dynamic sampling, rows drawn from the same

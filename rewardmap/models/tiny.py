@@ -108,7 +108,9 @@ def build_processor() -> Qwen2_5_VLProcessor:
 
 
 def tiny_config(tie_word_embeddings: bool = True) -> Qwen2_5_VLConfig:
-    """The tiny Qwen2.5-VL config: 2 text layers of width 128 (head_dim 64, which vLLM's CPU attention accepts)."""
+    """The tiny Qwen2.5-VL config: 2 text layers of width 128 (head_dim 64, which vLLM's CPU attention accepts) and 2
+    vision blocks of width 64, with 2 attention heads in both (vLLM replicates the 1 KV head): tensor parallel 2
+    can split them."""
     text = {
         "vocab_size": VOCAB_SIZE,
         "hidden_size": 128,
@@ -128,7 +130,7 @@ def tiny_config(tie_word_embeddings: bool = True) -> Qwen2_5_VLConfig:
         "depth": 2,
         "hidden_size": 64,
         "intermediate_size": 128,
-        "num_heads": 1,
+        "num_heads": 2,  # head dim 32; 2 heads so that vLLM tensor parallel 2 can split the vision attention
         "out_hidden_size": 128,
         "patch_size": 14,
         "spatial_merge_size": 2,
