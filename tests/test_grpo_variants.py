@@ -67,6 +67,7 @@ def test_defaults_are_on_policy_and_several_epochs_clip(tiny_model_dir, synth_da
     timings: dict[str, float] = {}
     stats = released.train_on(_constructed_groups(released), timings)
     assert stats["loss/ratio_mean"] == 1.0 and stats["loss/clip_fraction"] == 0.0, "one update: ratio exactly 1"
+    assert stats["optim/updates"] == 1
     assert "old_logprobs" not in timings, "the defaults compute no old log-probs"
     # two epochs with a large learning rate: the second epoch's ratio moves off 1 and a tight clip engages
     options = (
@@ -78,6 +79,7 @@ def test_defaults_are_on_policy_and_several_epochs_clip(tiny_model_dir, synth_da
     epochs = _trainer(tiny_model_dir, synth_dataset_dir, tmp_path / "epochs", world, *options)
     stats = epochs.train_on(_constructed_groups(epochs), timings)
     assert stats["loss/ratio_mean"] != 1.0 and stats["loss/clip_fraction"] > 0.0
+    assert stats["optim/updates"] == 2
     assert timings["old_logprobs"] > 0
 
 

@@ -235,13 +235,14 @@ class GRPOTrainer:
         """The update on the step's groups (the whole world's, the same on every rank): this rank's share of each
         mini-batch, reference and old log-probs, then trainer.mini_batches_per_step optimizer steps per PPO epoch.
 
-        Returns the updates' mean loss/clip/grad metrics (zeros, and no optimizer step, when there is no group).
+        Returns the optimizer steps' mean loss/clip/grad metrics and their count, optim/updates (0, with no other
+        figure, when there is no group to train on).
         """
         cfg, parts, world, algo, n = self.config, self.parts, self.world, self.config.algorithm, self.config.rollout.n
         shards = update_shards(len(groups), cfg.trainer.mini_batches_per_step, world)
         mine = [(groups[number], trains) for shard in shards for number, trains in shard]
         if not mine:
-            return {**dict.fromkeys(LOSS_METRICS, 0.0), "optim/grad_norm": 0.0}
+            return {"optim/updates": 0.0}
 
         # 3. Tensors on the model's device: prompts once (with their images), completions right-padded,
         # sequence i -> prompt i // n; the loss mask drops top-up copies and (mask_truncated) cut-off answers.
@@ -276,7 +277,8 @@ class GRPOTrainer:
                 for _ in range(algo.ppo_epochs)
                 for start, stop in itertools.pairwise(bounds)
             ]
-        return {name: sum(u[name] for u in updates) / len(updates) for name in updates[0]}
+        means = {name: sum(u[name] for u in updates) / len(updates) for name in updates[0]}
+        return {**means, "optim/updates": float(len(updates))}
 
     def _logprobs_no_grad(self, model: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
         """Sampled-token log-probs (N, C) of the batch under `model`, micro-batch by micro-batch, without gradient."""
