@@ -28,7 +28,7 @@ from .test_grpo_trainer import small_overrides  # noqa: E402
 
 SCRIPT = str(REPO / "tests" / "vllm_world_script.py")
 SPLITS = {"one process": (1, 1), "2 processes, TP 1": (2, 1), "2 processes, TP 2": (2, 2)}
-LOGPROB_ATOL = 2e-6  # fp32 on both sides; measured 1.9e-6 in every split
+LOGPROB_ATOL = 1e-5  # fp32, two libraries' kernels: 1.9e-6 to 2.9e-6 measured, with the trained weights of each run
 NEEDS_VLLM = [
     pytest.mark.vllm,
     pytest.mark.slow,
