@@ -22,6 +22,27 @@ N = 3
 LENGTHS = [5, 2, 6, 1, 6, 3]
 
 
+def logprobs_and_grads(model, batch, ids, mask, *, micro: int, group_size: int) -> tuple:
+    """Log-probs, entropy and the whole gradient of every trainable parameter (gathered from FSDP2 shards) for a fixed
+    weighted sum of both; completions are grouped evenly over the batch's prompts."""
+    model.zero_grad(set_to_none=True)
+    per_prompt = ids.shape[0] // batch["input_ids"].shape[0]
+    logps, entropy = completion_logprobs(
+        model,
+        batch,
+        ids,
+        mask,
+        micro_batch_size=micro,
+        prompt_index=torch.arange(ids.shape[0]) // per_prompt,
+        with_entropy=True,
+        group_size=group_size,
+    )
+    weights = torch.linspace(-1.0, 1.0, logps.numel()).view_as(logps)
+    ((logps * weights).sum() + 0.1 * entropy.sum()).backward()
+    grads = {name: full_tensor(p.grad).clone() for name, p in model.named_parameters() if p.grad is not None}
+    return logps.detach(), entropy.detach(), grads
+
+
 def main() -> None:
     model_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
     with join_world() as world:
@@ -36,23 +57,7 @@ def main() -> None:
         batch = build_prompt_inputs(processor, questions, images)
         ids = torch.randint(0, 151_000, (2 * N, 6), generator=torch.Generator().manual_seed(world.rank))
         mask = torch.tensor([[1] * n + [0] * (6 - n) for n in LENGTHS])
-        results = []
-        for group_size in (1, N):
-            model.zero_grad(set_to_none=True)
-            logps, entropy = completion_logprobs(
-                model,
-                batch,
-                ids,
-                mask,
-                micro_batch_size=2 * N,
-                prompt_index=torch.arange(2 * N) // N,
-                with_entropy=True,
-                group_size=group_size,
-            )
-            weights = torch.linspace(-1.0, 1.0, logps.numel()).view_as(logps)
-            ((logps * weights).sum() + 0.1 * entropy.sum()).backward()
-            grads = {name: full_tensor(p.grad) for name, p in model.named_parameters() if p.grad is not None}
-            results.append((logps.detach(), entropy.detach(), grads))
+        results = [logprobs_and_grads(model, batch, ids, mask, micro=2 * N, group_size=size) for size in (1, N)]
         (plain_logps, plain_entropy, plain_grads), (logps, entropy, grads) = results
         diffs = {
             "logps": (logps - plain_logps).abs().max().item(),

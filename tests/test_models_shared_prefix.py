@@ -17,6 +17,7 @@ from rewardmap.models.logprobs import build_prompt_inputs, completion_logprobs
 from rewardmap.models.lora import apply_lora
 from rewardmap.models.shared_prefix import micro_batches, shared_prefix_group
 
+from .dp_shared_prefix_script import logprobs_and_grads
 from .test_grpo_trainer import DEMO, parameters, small_overrides
 from .test_models_logprobs import to_right_padding
 
@@ -42,25 +43,6 @@ def completions() -> tuple[torch.Tensor, torch.Tensor]:
     ids[1, 2] = 151655  # a sampled image placeholder: fed as padding, scored as itself
     mask = torch.tensor([[1] * n + [0] * (7 - n) for n in LENGTHS])
     return ids, mask
-
-
-def logprobs_and_grads(model, batch, ids, mask, *, micro: int, group_size: int) -> tuple:
-    """Log-probs, entropy and the gradient of every trainable parameter for a fixed weighted sum of both."""
-    model.zero_grad(set_to_none=True)
-    logps, entropy = completion_logprobs(
-        model,
-        batch,
-        ids,
-        mask,
-        micro_batch_size=micro,
-        prompt_index=torch.arange(2 * N) // N,
-        with_entropy=True,
-        group_size=group_size,
-    )
-    weights = torch.linspace(-1.0, 1.0, logps.numel()).view_as(logps)
-    ((logps * weights).sum() + 0.1 * entropy.sum()).backward()
-    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-    return logps.detach(), entropy.detach(), grads
 
 
 @pytest.mark.parametrize("case", ["left-padded", "right-padded", "text-only", "checkpointing", "lora"])
