@@ -1,6 +1,8 @@
 """Shared fixtures: the real ReasonMap files from ../shared, the tiny offline model, a small synthetic dataset."""
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,15 @@ def stations_root(reasonmap_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def maps_root(reasonmap_root: Path) -> Path:
     return reasonmap_root / "maps"
+
+
+@pytest.fixture(scope="module")
+def module_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Scratch space for runs a module's tests share, deleted when the module is done: the runs' checkpoints take GBs
+    and CI's disk is shared, so they do not wait for the session's end."""
+    path = tmp_path_factory.mktemp("module")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

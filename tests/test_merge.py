@@ -74,15 +74,15 @@ def _trainer_checkpoint(model_dir: Path, run_dir: Path, lora: bool) -> Path:
 
 
 @pytest.fixture(scope="module")
-def full_checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def full_checkpoint(tiny_model_dir: Path, module_dir: Path) -> Path:
     """A full-weight checkpoint as the trainer writes it: sharded/ (DCP), rng/, model/ (config, processor)."""
-    return _trainer_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("full"), lora=False)
+    return _trainer_checkpoint(tiny_model_dir, module_dir / "full", lora=False)
 
 
 @pytest.fixture(scope="module")
-def lora_checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def lora_checkpoint(tiny_model_dir: Path, module_dir: Path) -> Path:
     """A LoRA checkpoint as the trainer writes it: the adapters in sharded/, their config in model/."""
-    return _trainer_checkpoint(tiny_model_dir, tmp_path_factory.mktemp("lora"), lora=True)
+    return _trainer_checkpoint(tiny_model_dir, module_dir / "lora", lora=True)
 
 
 def _reference(ckpt: Path) -> Path:

@@ -44,11 +44,12 @@ def needs_vllm(test):
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_model_dir, synth_dataset_dir, tmp_path_factory) -> dict[str, dict]:
+def runs(tiny_model_dir, synth_dataset_dir, module_dir) -> dict[str, dict]:
     """Each split's result.json and run directory (the script: 2 GRPO steps, validation, checkpoint, samples)."""
     results = {}
     for name, (nproc, tp) in SPLITS.items():
-        out = tmp_path_factory.mktemp(f"vllm_world_{nproc}_{tp}")
+        out = module_dir / f"vllm_world_{nproc}_{tp}"
+        out.mkdir()
         command = torchrun(nproc, SCRIPT, str(tiny_model_dir), str(synth_dataset_dir), str(out), str(tp))
         subprocess.run(command, env=ENV, check=True, cwd=REPO)
         results[name] = {**json.loads((out / "result.json").read_text()), "run": out / "run"}

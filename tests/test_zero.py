@@ -122,12 +122,14 @@ def test_backend_takes_one_adamw_step_on_the_summed_gradient(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def zero_runs(tiny_model_dir, synth_dataset_dir, tmp_path_factory) -> dict[int, Path]:
+def zero_runs(tiny_model_dir, synth_dataset_dir, module_dir) -> dict[int, Path]:
     """Per ZeRO stage, a run directory: `rewardmap train` for 2 GRPO steps in 2 processes, then a second launch with
     trainer.max_steps=3 that resumes from step 2 (both stages at once); each launch's output is kept beside it."""
     from .test_grpo_trainer import small_overrides  # not at the top: the torchrun worker does not need the trainer
 
-    runs = {stage: tmp_path_factory.mktemp(f"zero{stage}") for stage in (2, 3)}
+    runs = {stage: module_dir / f"zero{stage}" for stage in (2, 3)}
+    for out in runs.values():
+        out.mkdir()
     for steps in (2, 3):
         commands = [
             ["-m", "rewardmap.cli", "train", "--config", str(DEMO)]
