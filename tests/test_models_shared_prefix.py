@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from transformers.integrations.sdpa_attention import repeat_kv
 
 from rewardmap.config import load_config
 from rewardmap.errors import InputError
@@ -15,7 +17,7 @@ from rewardmap.grpo.trainer import GRPOTrainer
 from rewardmap.models.loading import load_policy, load_processor
 from rewardmap.models.logprobs import build_prompt_inputs, completion_logprobs
 from rewardmap.models.lora import apply_lora
-from rewardmap.models.shared_prefix import micro_batches, shared_prefix_group
+from rewardmap.models.shared_prefix import SharedPrefixMask, micro_batches, shared_prefix_group
 
 from .dp_shared_prefix_script import logprobs_and_grads
 from .test_grpo_trainer import DEMO, parameters, small_overrides
@@ -74,6 +76,38 @@ def test_shared_prefix_equals_one_sequence_per_completion(tiny_model_dir, proces
         assert all("lora" in name for name in plain[2])
     elif case != "text-only":
         assert any(name.startswith("model.visual.") for name in plain[2])  # each image encoded once, grads match
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("repeated", [True, False])
+def test_attention_visits_the_prompt_and_its_own_completion_only(padded, repeated):
+    """The mask in F.scaled_dot_product_attention equals, for each completion, causal attention over [prompt |
+    that completion] alone; with the key/value heads grouped (4 query heads, 2 kv heads) as they come from
+    transformers (repeated in its layout) or not."""
+    rows, heads, kv_heads, dim, prompt, width, n = 2, 4, 2, 8, 6, 3, 3
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(rows, heads, prompt + n * width, dim, generator=generator)
+    key, value = (torch.randn(rows, kv_heads, prompt + n * width, dim, generator=generator) for _ in range(2))
+    prompt_mask = torch.ones(rows, prompt, dtype=torch.long)
+    if padded:
+        prompt_mask[1, :2] = 0  # left padding
+    mask = SharedPrefixMask(prompt_mask, n, width, kv_groups=heads // kv_heads)
+    full_key, full_value = repeat_kv(key, heads // kv_heads), repeat_kv(value, heads // kv_heads)
+    if repeated:
+        out = F.scaled_dot_product_attention(query, full_key, full_value, attn_mask=mask)
+    else:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, enable_gqa=True)
+    real = prompt_mask.bool()
+    causal = torch.ones(prompt + width, prompt + width, dtype=torch.bool).tril()
+    allowed = causal & F.pad(real, (0, width), value=True)[:, None, None, :]
+    for i in range(n):
+        own = list(range(prompt)) + list(range(prompt + i * width, prompt + (i + 1) * width))
+        alone = F.scaled_dot_product_attention(
+            query[:, :, own], full_key[:, :, own], full_value[:, :, own], attn_mask=allowed
+        )
+        torch.testing.assert_close(out[:, :, own[prompt:]], alone[:, :, prompt:], atol=1e-6, rtol=0)
+        for row in range(rows):  # prompt rows: the real ones (a padding query has no key to attend to)
+            torch.testing.assert_close(out[row, :, :prompt][:, real[row]], alone[row, :, :prompt][:, real[row]])
 
 
 def test_micro_batches_hold_whole_groups():

@@ -21,15 +21,18 @@ def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _chunk_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float):
-    """For a chunk: z (n, V) in fp32, its logsumexp (n,), softmax p (n, V), log p(target) (n,), entropy (n,)."""
+    """For a chunk: z (n, V) in fp32, e = exp(z - max z) (n, V) and its sums (n, 1), so that p = e / sums; logsumexp,
+    log p(target) and entropy (n,). One exp per logit, and no (n, V) tensor beyond z and e."""
     z = _at_least_fp32(hidden @ weight.t())
     if temperature != 1.0:
         z.div_(temperature)
-    lse = torch.logsumexp(z, dim=-1)
-    p = torch.exp(z - lse.unsqueeze(-1))
+    peak = z.amax(-1, keepdim=True)
+    e = torch.sub(z, peak).exp_()
+    sums = e.sum(-1, keepdim=True)
+    lse = (peak + sums.log()).squeeze(-1)
     logp = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
-    entropy = lse - (p * z).sum(-1)
-    return z, lse, p, logp, entropy
+    entropy = lse - torch.linalg.vecdot(e, z) / sums.squeeze(-1)
+    return z, e, sums, lse, logp, entropy
 
 
 class _LinearLogprobEntropy(torch.autograd.Function):
@@ -38,7 +41,7 @@ class _LinearLogprobEntropy(torch.autograd.Function):
         logps, entropies = [], []
         for start in range(0, hidden.shape[0], CHUNK_TOKENS):
             part = slice(start, start + CHUNK_TOKENS)
-            _, _, _, logp, entropy = _chunk_stats(hidden[part], weight, targets[part], temperature)
+            *_, logp, entropy = _chunk_stats(hidden[part], weight, targets[part], temperature)
             logps.append(logp)
             entropies.append(entropy)
         ctx.save_for_backward(hidden, weight, targets)
@@ -54,11 +57,13 @@ class _LinearLogprobEntropy(torch.autograd.Function):
         grad_weight = _at_least_fp32(torch.zeros_like(weight)) if ctx.needs_input_grad[1] else None
         for start in range(0, hidden.shape[0], CHUNK_TOKENS):
             part = slice(start, start + CHUNK_TOKENS)
-            z, lse, p, _, entropy = _chunk_stats(hidden[part], weight, targets[part], ctx.temperature)
-            # grad_z = g_H * (-p * (z - lse + H)) - g_logp * p + g_logp * onehot(target), built in place in z.
-            z.sub_(lse.unsqueeze(-1)).add_(entropy.unsqueeze(-1)).mul_(p).mul_(-grad_entropy[part].unsqueeze(-1))
-            z.sub_(p.mul_(grad_logp[part].unsqueeze(-1)))
-            z.scatter_add_(-1, targets[part].unsqueeze(-1), grad_logp[part].unsqueeze(-1))
+            z, e, sums, lse, _, entropy = _chunk_stats(hidden[part], weight, targets[part], ctx.temperature)
+            # grad_z = p * (-g_H * (z - lse + H) - g_logp) + g_logp * onehot(target) with p = e / sums: per row an
+            # affine function of z times e, built in place in z.
+            g_logp, g_entropy = grad_logp[part].unsqueeze(-1), grad_entropy[part].unsqueeze(-1)
+            shift = g_entropy * (lse - entropy).unsqueeze(-1) - g_logp
+            z.mul_(-g_entropy / sums).add_(shift / sums).mul_(e)
+            z.scatter_add_(-1, targets[part].unsqueeze(-1), g_logp)
             if ctx.temperature != 1.0:
                 z.div_(ctx.temperature)
             grad_z = z.to(weight.dtype)

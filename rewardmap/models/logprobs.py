@@ -156,7 +156,9 @@ def _micro_batch_logprobs(
     if group_size > 1:
         completion_positions = position_ids[..., longest:].repeat(1, 1, group_size)
         position_ids = torch.cat([position_ids[..., :longest], completion_positions], dim=-1)
-        attention_mask = {"full_attention": SharedPrefixMask(prompt_mask, group_size, width)}
+        text = config.get_text_config()
+        kv_groups = text.num_attention_heads // text.num_key_value_heads
+        attention_mask = {"full_attention": SharedPrefixMask(prompt_mask, group_size, width, kv_groups)}
     else:
         attention_mask = torch.cat([prompt_mask.to(mask.dtype), mask], dim=1).long()
     # Hidden state at position t predicts token t + 1: completion i's token j > 0 is predicted at

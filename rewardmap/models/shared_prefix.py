@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.attention.bias import causal_lower_right
 
 from rewardmap.errors import InputError
 
@@ -19,19 +20,21 @@ from rewardmap.errors import InputError
 class SharedPrefixMask:
     """The attention mask of rows [prompt | group_size completions of `width` tokens]; only sdpa accepts it."""
 
-    def __init__(self, prompt_mask: Tensor, group_size: int, width: int) -> None:
-        """prompt_mask (b, P): 1 on the prompts' tokens (left padding is 0)."""
+    def __init__(self, prompt_mask: Tensor, group_size: int, width: int, kv_groups: int = 1) -> None:
+        """prompt_mask (b, P): 1 on the prompts' tokens (left padding is 0); kv_groups: query heads per kv head."""
         rows, self.prompt_width = prompt_mask.shape
+        self.group_size, self.width, self.kv_groups = group_size, width, kv_groups
         real = prompt_mask.bool()
-        causal = torch.ones(self.prompt_width, self.prompt_width, dtype=torch.bool, device=real.device).tril()
-        # Unpadded prompts take sdpa's is_causal path (no mask); padded ones mask their padding keys.
-        self.prompt = None if real.all() else (causal & real[:, None, :])[:, None]  # (b, 1, P, P)
-        own = torch.ones(width, width, dtype=torch.bool, device=real.device).tril()
-        blocks = torch.block_diag(*[own] * group_size)  # completion i sees its own earlier tokens only
-        queries = group_size * width
-        self.completions = torch.cat(
-            [real[:, None, :].expand(rows, queries, -1), blocks.expand(rows, -1, -1)], dim=-1
-        )[:, None]  # (b, 1, n*C, P + n*C)
+        self.padded = not real.all()
+        if self.padded:  # the padding keys are masked, in the prompt's rows and in the completions'
+            causal = torch.ones(self.prompt_width, self.prompt_width, dtype=torch.bool, device=real.device).tril()
+            own = torch.ones(width, width, dtype=torch.bool, device=real.device).tril()
+            self.prompt = (causal & real[:, None, :])[:, None]  # (b, 1, P, P)
+            self.completions = torch.cat([real[:, None, :].expand(rows, width, -1), own.expand(rows, -1, -1)], -1)
+            self.completions = self.completions[:, None]  # (b, 1, C, P + C)
+        else:  # the prompt runs causally, a completion sees all of it and its own earlier tokens: lower-right causal
+            self.prompt = None
+            self.completions = causal_lower_right(width, self.prompt_width + width)
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -54,21 +57,38 @@ def _shared_prefix_attention(
     scale: float | None = None,
     enable_gqa: bool = False,
 ) -> Tensor:
-    """(b, H, P + n*C, d) attention output: prompt rows over the prompt, completion rows over prompt + own tokens."""
-    width = attn_mask.prompt_width
-    options = {"dropout_p": dropout_p, "scale": scale, "enable_gqa": enable_gqa}
+    """(b, H, P + n*C, d) attention output: prompt rows over the prompt; each completion's rows, as a head of their
+    own, over the prompt's keys and the completion's own (no key of another completion is visited)."""
+    mask, heads = attn_mask, query.shape[1]
+    width, n = mask.prompt_width, mask.group_size
+    if not mask.padded and mask.kv_groups > 1 and key.shape[1] == heads:
+        # transformers repeats the key/value heads whenever there is a mask; without a tensor mask the kernels
+        # take them grouped, so each completion's copy of the prompt's keys below is kv_groups times smaller
+        key, value = key[:, :: mask.kv_groups], value[:, :: mask.kv_groups]
+    options = {"dropout_p": dropout_p, "scale": scale, "enable_gqa": key.shape[1] != heads}
+    # sdpa keeps its inputs for backward: copies of the prompt's keys and values, not views, so that the (repeated)
+    # key/value tensors of the whole sequence are freed after the layer's forward
     prompt = F.scaled_dot_product_attention(
         query[:, :, :width],
-        key[:, :, :width],
-        value[:, :, :width],
-        attn_mask=attn_mask.prompt,
-        is_causal=attn_mask.prompt is None,
+        key[:, :, :width].contiguous(),
+        value[:, :, :width].contiguous(),
+        attn_mask=mask.prompt,
+        is_causal=mask.prompt is None,
         **options,
     )
-    completions = F.scaled_dot_product_attention(
-        query[:, :, width:], key, value, attn_mask=attn_mask.completions, **options
-    )
+    queries = query[:, :, width:].unflatten(2, (n, mask.width)).transpose(1, 2).flatten(1, 2)  # (b, n*H, C, d)
+    own_key, own_value = _per_completion(key, width, n), _per_completion(value, width, n)
+    completions = F.scaled_dot_product_attention(queries, own_key, own_value, attn_mask=mask.completions, **options)
+    completions = completions.unflatten(1, (n, heads)).transpose(1, 2).flatten(2, 3)  # (b, H, n*C, d)
     return torch.cat([prompt, completions], dim=2)
+
+
+def _per_completion(states: Tensor, width: int, n: int) -> Tensor:
+    """(b, h, P + n*C, d) keys or values -> (b, n*h, P + C, d): for each completion, the prompt's then its own."""
+    rows, heads, _, dim = states.shape
+    prompt = states[:, None, :, :width].expand(rows, n, heads, width, dim)
+    own = states[:, :, width:].unflatten(2, (n, -1)).transpose(1, 2)
+    return torch.cat([prompt, own], dim=3).flatten(1, 2)
 
 
 def micro_batches(rows: int, micro_batch_size: int, group_size: int = 1) -> list[slice]:
