@@ -31,20 +31,21 @@ def test_grpo_raises_the_reward_on_true_false_questions(warm_model_dir, synth_da
         "data.prompts_per_step=4",
         "rollout.n=4",
         "sft.steps=0",
-        "trainer.lr=3e-4",
+        "trainer.lr=6e-4",
         "trainer.tensorboard=false",
         "trainer.val_freq=0",
         "trainer.save_freq=1000",
-        "trainer.max_steps=16",
-        "curriculum.stages=[{types: [TorF1, TorF2], steps: 16}, {types: [Counting1, Counting2, Counting3, planning]}]",
+        "trainer.max_steps=24",
+        "curriculum.stages=[{types: [TorF1, TorF2], steps: 24}, {types: [Counting1, Counting2, Counting3, planning]}]",
     ]
     trainer = GRPOTrainer(load_config(DEMO, overrides), world)
     probe = [row for row in (trainer.parts.rows[i] for i in range(len(trainer.parts.rows))) if "TorF" in row["type"]]
-    probe = probe[:32]
+    assert len(probe) == 34
     before = sampled_reward(trainer, probe)
     trainer.fit()
     after = sampled_reward(trainer, probe)
-    print(f"mean reward on 32 true/false rows x 4 samples: {before:.2f} -> {after:.2f}")
-    # 128 samples of rewards in {0, 10, 12, 15}: the standard error of the mean is about 0.45; seeded, this run
-    # goes from 3.34 to 4.36 on 2 CPU cores (tiny model with 2 vision heads).
+    print(f"mean reward on the 34 true/false rows x 4 samples: {before:.2f} -> {after:.2f}")
+    # 136 samples of rewards in {0, 10, 12, 15}: the standard error of the mean is about 0.45. Seeded, this run goes
+    # from 3.32 to 5.44 on 2 CPU cores; with trainer, rollout and curriculum seeds 1, 2 and 3 the gain was 1.44, 1.89
+    # and 2.06 (16 steps at lr 3e-4 gained only 0.87-1.02: too close to the bar, any change of rounding crossed it).
     assert after >= before + 1.0, (before, after)
