@@ -60,7 +60,7 @@ def _shared_prefix_attention(
     """(b, H, P + n*C, d) attention output: prompt rows over the prompt; each completion's rows, as a head of their
     own, over the prompt's keys and the completion's own (no key of another completion is visited)."""
     mask, heads = attn_mask, query.shape[1]
-    width, n = mask.prompt_width, mask.group_size
+    prompt_width, n = mask.prompt_width, mask.group_size
     if not mask.padded and mask.kv_groups > 1 and key.shape[1] == heads:
         # transformers repeats the key/value heads whenever there is a mask; without a tensor mask the kernels
         # take them grouped, so each completion's copy of the prompt's keys below is kv_groups times smaller
@@ -69,25 +69,25 @@ def _shared_prefix_attention(
     # sdpa keeps its inputs for backward: copies of the prompt's keys and values, not views, so that the (repeated)
     # key/value tensors of the whole sequence are freed after the layer's forward
     prompt = F.scaled_dot_product_attention(
-        query[:, :, :width],
-        key[:, :, :width].contiguous(),
-        value[:, :, :width].contiguous(),
+        query[:, :, :prompt_width],
+        key[:, :, :prompt_width].contiguous(),
+        value[:, :, :prompt_width].contiguous(),
         attn_mask=mask.prompt,
         is_causal=mask.prompt is None,
         **options,
     )
-    queries = query[:, :, width:].unflatten(2, (n, mask.width)).transpose(1, 2).flatten(1, 2)  # (b, n*H, C, d)
-    own_key, own_value = _per_completion(key, width, n), _per_completion(value, width, n)
+    queries = query[:, :, prompt_width:].unflatten(2, (n, mask.width)).transpose(1, 2).flatten(1, 2)  # (b, n*H, C, d)
+    own_key, own_value = _per_completion(key, prompt_width, n), _per_completion(value, prompt_width, n)
     completions = F.scaled_dot_product_attention(queries, own_key, own_value, attn_mask=mask.completions, **options)
     completions = completions.unflatten(1, (n, heads)).transpose(1, 2).flatten(2, 3)  # (b, H, n*C, d)
     return torch.cat([prompt, completions], dim=2)
 
 
-def _per_completion(states: Tensor, width: int, n: int) -> Tensor:
+def _per_completion(states: Tensor, prompt_width: int, n: int) -> Tensor:
     """(b, h, P + n*C, d) keys or values -> (b, n*h, P + C, d): for each completion, the prompt's then its own."""
     rows, heads, _, dim = states.shape
-    prompt = states[:, None, :, :width].expand(rows, n, heads, width, dim)
-    own = states[:, :, width:].unflatten(2, (n, -1)).transpose(1, 2)
+    prompt = states[:, None, :, :prompt_width].expand(rows, n, heads, prompt_width, dim)
+    own = states[:, :, prompt_width:].unflatten(2, (n, -1)).transpose(1, 2)
     return torch.cat([prompt, own], dim=3).flatten(1, 2)
 
 
