@@ -58,5 +58,9 @@ class RolloutEngine(Protocol):
         ...
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Make the engine sample from `model`'s current weights."""
+        """Make the engine sample from `model`'s current weights (and wake it, if it sleeps)."""
+        ...
+
+    def sleep(self) -> None:
+        """Free what the engine holds on the device until the next `sync_weights` (the trainer's passes need it)."""
         ...

@@ -57,6 +57,9 @@ class HFRolloutEngine:
         if model is not self.model:
             raise InputError("the HF rollout engine samples from the model it was built with; pass that model")
 
+    def sleep(self) -> None:
+        """Nothing to free: the engine holds no memory of its own between rollouts."""
+
     @torch.no_grad()
     def generate(
         self,
