@@ -19,6 +19,9 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
+    repetition_penalty: float = 1.0
+    """Divides a positive logit (multiplies a negative one) of every token already in the prompt or the completion, as
+    transformers and vLLM do; 1.0 is off."""
     seed: int = 0
 
 

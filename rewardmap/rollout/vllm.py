@@ -223,6 +223,7 @@ class VLLMRolloutEngine:
                 temperature=max(sampling.temperature, 0.0),
                 top_p=sampling.top_p,
                 top_k=sampling.top_k if sampling.top_k > 0 else -1,
+                repetition_penalty=sampling.repetition_penalty,
                 max_tokens=sampling.max_tokens,
                 seed=seed,
                 logprobs=0,
