@@ -35,6 +35,7 @@ from rewardmap.grpo.losses import (
     truncated_is_weights,
 )
 from rewardmap.grpo.metrics import MetricsLogger, group_metrics, reward_metrics
+from rewardmap.grpo.samples import step_samples, validation_samples
 from rewardmap.grpo.setup import Components, build_components, row_image
 from rewardmap.models.logprobs import completion_logprobs
 from rewardmap.models.shared_prefix import micro_batches, shared_prefix_group
@@ -57,11 +58,11 @@ class GRPOTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if world.is_main:
             (self.run_dir / "config.yaml").write_text(config_to_yaml(config))
+        self.metrics = MetricsLogger(self.run_dir, config, enabled=self.is_main)  # trackers start before the models
         self.parts: Components = build_components(config, world)
         # Completions per forward sequence: rollout.n when each group's prompt runs once (model.shared_prefix).
         self.group_size = shared_prefix_group(config.model.shared_prefix, self.parts.model, config.rollout.n)
         self.step_count = 0
-        self.metrics = MetricsLogger(self.run_dir, tensorboard=config.trainer.tensorboard, enabled=self.is_main)
 
     @property
     def is_main(self) -> bool:
@@ -130,6 +131,7 @@ class GRPOTrainer:
             "val/accuracy_weighted": summary["overall"]["weighted"],
         }
         metrics.update({f"val/{name}/accuracy": block["plain"] for name, block in summary["types"].items()})
+        self.metrics.log_samples("val_samples", validation_samples(self.config, parts, dict(tagged), self.step_count))
         return {**metrics, "timing/validation_s": time.perf_counter() - start}
 
     def step(self, stage: int, indices: list[int]) -> dict[str, float]:
@@ -174,6 +176,7 @@ class GRPOTrainer:
         if cfg.reward.overlong_buffer:
             penalties = [r - s.total for g in generated for r, s in zip(g.rewards, g.scores, strict=True)]
             options["reward/overlong_penalty_mean"] = sum(penalties) / len(penalties)
+        self.metrics.log_samples("samples", step_samples(cfg, parts, generated, kept, stage, self.step_count + 1))
         return {
             **reward_metrics([s for g in generated for s in g.scores], generated_rows, cfg.rollout.n, stage),
             **group_metrics(generated, generated_rows),
