@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from html import escape
+from typing import NamedTuple
 
 WIDTH, HEIGHT = 430, 240
 LEFT, RIGHT, TOP, BOTTOM = 52, 12, 22, 30
@@ -14,6 +15,14 @@ MARKED_POINTS = 80
 """Series with at most this many points get a dot (with a hover tooltip) on each point."""
 
 Series = Sequence[tuple[float, float]]
+
+
+class Steps(NamedTuple):
+    """The x axis all charts of a run share: its first and last step, and (x, stage) where each later stage starts."""
+
+    first: float
+    last: float
+    stage_starts: Sequence[tuple[float, int]]
 
 
 def colours(names: Sequence[str]) -> dict[str, str]:
@@ -52,18 +61,18 @@ def line_chart(
     title: str,
     series: Mapping[str, Series],
     colour_of: Mapping[str, str],
-    boundaries: Sequence[tuple[float, int]] = (),
+    steps: Steps,
     y_range: tuple[float, float] | None = None,
     gap: float = 1.0,
 ) -> str:
-    """An SVG chart of `series` (name -> (step, value) points, in step order) with a legend; dashed lines at the
-    `boundaries` ((x, stage number) where a curriculum stage starts). No points at all give an empty string."""
+    """An SVG chart of `series` (name -> (step, value) points, in step order) over `steps`, dashed lines where the
+    curriculum's stages start, and a legend; lines break where a series skips more than `gap` steps. No points at
+    all give an empty string."""
     series = {name: points for name, points in series.items() if points}
     if not series:
         return ""
-    xs = [x for points in series.values() for x, _ in points] + [x for x, _ in boundaries]
     ys = [y for points in series.values() for _, y in points]
-    x_low, x_high = min(xs), max(max(xs), min(xs) + 1)
+    x_low, x_high = steps.first, max(steps.last, steps.first + 1)
     y_low, y_high = y_range or (min(ys), max(ys))
     if y_high - y_low < 1e-12:
         y_low, y_high = y_low - 0.5, y_high + 0.5
@@ -89,9 +98,13 @@ def line_chart(
     for x in _ticks(x_low, x_high, 5, least=1.0)[0]:  # steps are whole numbers
         parts.append(f'<text class="tick" x="{x_of(x):.1f}" y="{HEIGHT - 14}" text-anchor="middle">{x:g}</text>')
     parts.append(f'<text class="tick" x="{WIDTH - RIGHT}" y="{HEIGHT - 2}" text-anchor="end">step</text>')
-    for x, number in boundaries:
+    for x, number in steps.stage_starts:
         parts.append(f'<line class="stage" x1="{x_of(x):.1f}" x2="{x_of(x):.1f}" y1="{TOP}" y2="{HEIGHT - BOTTOM}"/>')
-        parts.append(f'<text class="tick" x="{x_of(x) + 3:.1f}" y="{TOP + 9}">stage {number}</text>')
+        end = x_of(x) > WIDTH - 60  # a stage that starts near the end: its label to the left of the line
+        label_x, anchor = (x_of(x) - 3, "end") if end else (x_of(x) + 3, "start")
+        parts.append(
+            f'<text class="tick" x="{label_x:.1f}" y="{TOP + 9}" text-anchor="{anchor}">stage {number}</text>'
+        )
     for name, points in series.items():
         colour = colour_of[name]
         for segment in _segments(points, gap):

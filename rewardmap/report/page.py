@@ -18,7 +18,7 @@ import yaml
 from rewardmap.eval.report import TYPE_ORDER, comparable_figures, ordered
 from rewardmap.grpo.metrics import read_metrics
 from rewardmap.grpo.samples import read_map, read_samples
-from rewardmap.report.charts import colours, line_chart
+from rewardmap.report.charts import Steps, colours, line_chart
 
 REPORT_FILE = "report.html"
 STATIC = Path(__file__).resolve().parent
@@ -75,7 +75,9 @@ def curves_section(records: Sequence[Mapping]) -> str:
         {key.split("/")[1] for key in keys if key.startswith("val/") and key.count("/") == 2}, TYPE_ORDER
     )
     colour_of = colours(["all", *types, *[t for t in val_types if t not in types]])
-    stages = _stage_starts(records)
+    if not records:
+        return '<section id="curves"><h2>Curves</h2><p class="empty">No step logged yet.</p></section>'
+    stages = Steps(records[0]["step"], records[-1]["step"], _stage_starts(records))
     phases = sorted(key for key in keys if key.startswith("timing/") and key.endswith("_s"))
     phases = [key for key in phases if key not in ("timing/step_s", "timing/validation_s", "timing/tokens_per_s")]
     phase_series = {key[len("timing/") : -2]: _series(records, key) for key in phases}
@@ -114,16 +116,14 @@ def curves_section(records: Sequence[Mapping]) -> str:
 
 def summary_section(run_dir: Path, config: Mapping, records: Sequence[Mapping]) -> str:
     """The run's headline facts and the config entries of CONFIG_SHOWN, with the whole config.yaml folded away."""
-    last = records[-1] if records else {}
-    facts = [
-        ("run directory", str(run_dir.resolve())),
-        ("steps logged", f"{len(records)} (last: step {last.get('step', '—')}, stage {last.get('stage', '—'):g})"),
-        ("training time", f"{sum(r.get('timing/step_s', 0.0) for r in records) / 60:.1f} min (sum of step times)"),
-        (
-            "last reward / accuracy",
-            f"{last.get('reward/mean', math.nan):.3f} / {last.get('reward/accuracy', math.nan):.3f}",
-        ),
-    ]
+    facts = [("run directory", str(run_dir.resolve())), ("steps logged", str(len(records)))]
+    if records:
+        last = records[-1]
+        facts += [
+            ("last step", f"{last['step']} (stage {last['stage']:g})"),
+            ("training time", f"{sum(r.get('timing/step_s', 0.0) for r in records) / 60:.1f} min (sum of steps)"),
+            ("last reward / accuracy", f"{last['reward/mean']:.3f} / {last['reward/accuracy']:.3f}"),
+        ]
     for section, key in CONFIG_SHOWN:
         if key in config.get(section, {}):
             facts.append((f"{section}.{key}", json.dumps(config[section][key])))
@@ -273,6 +273,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval",
         type=Path,
+        metavar="EVAL_DIR",
         action="append",
         default=[],
         help="an evaluation folder (`rewardmap eval --out`) to tabulate; repeatable (ones inside RUN_DIR are found)",
