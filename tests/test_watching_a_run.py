@@ -16,6 +16,7 @@ import pytest
 from rewardmap.cli import main
 from rewardmap.config import load_config
 from rewardmap.data.loading import load_rows
+from rewardmap.data.sft import answer_text
 from rewardmap.grpo.metrics import read_metrics
 from rewardmap.grpo.samples import SampleFile, pick_groups, read_samples
 from rewardmap.grpo.trackers import TABLE_COLUMNS
@@ -113,6 +114,7 @@ def test_samples_hold_two_groups_per_step_with_the_step_rewards(run):
     for record in records:
         row = run["rows"][record["row"]]
         assert (record["type"], record["question"], record["stage"]) == (row["type"], row["question"], 1)
+        assert record["reference"] == answer_text(row)  # yes / no on these true/false rows
         assert record["image"].endswith(".npy") and Path(record["image"]).is_file()  # the cached resized map
         for answer in record["answers"]:
             score = compute_score(answer["text"], row)

@@ -16,6 +16,7 @@ from PIL import Image
 from rewardmap.config import DataConfig, RewardMapConfig
 from rewardmap.data.images import image_file, load_image, read_cached_image
 from rewardmap.data.schema import is_reasonmap_row
+from rewardmap.data.sft import answer_text
 from rewardmap.eval.answers import replace_file
 from rewardmap.reward import RewardBreakdown, score_batch
 
@@ -110,7 +111,9 @@ def validation_samples(
 
 
 def _question(row: Mapping, question: str | None, root: Path | None, data: DataConfig) -> dict:
-    """What a sample record shows of its row: type, difficulty, question, map file, reference answer."""
+    """What a sample record shows of its row: type, difficulty, question, map file, reference answer (as the answer
+    format writes it: yes/no, a letter, a count, the first reference route)."""
+    reference = answer_text(row)
     path = image_file(
         row["figure"],
         root=root or Path.cwd(),
@@ -123,7 +126,7 @@ def _question(row: Mapping, question: str | None, root: Path | None, data: DataC
         "difficulty": row.get("difficulty_city"),
         "question": row[f"question_{question}"] if is_reasonmap_row(row) else row["question"],
         "image": None if path is None else str(path.resolve()),
-        "reference": row.get("answer"),
+        "reference": row.get("answer") if reference is None else reference,
     }
 
 

@@ -34,7 +34,10 @@
       pages[pages.length - 1].records.push(record);
     }
     page.replaceChildren(...pages.map((p, i) => new Option("step " + p.step + " (" + (i + 1) + "/" + pages.length + ")", i)));
-    show(pages.length - 1);
+    // The newest step first, or the step the address asks for (report.html#step=40).
+    const asked = /^#step=(\d+)$/.exec(window.location.hash);
+    const wanted = asked ? pages.findIndex((p) => p.step === Number(asked[1])) : -1;
+    show(wanted >= 0 ? wanted : pages.length - 1);
   }
 
   function answer(a, index) {
