@@ -40,7 +40,7 @@ TABLE_COLUMNS = (
     "tokens",
     "finished",
 )
-"""The samples table's columns: one row per answer."""
+"""The samples table's columns: one row per answer (`answer`: its number in the group, from 1)."""
 
 
 def table_rows(records: Sequence[dict], image: Callable[[str | None], Any]) -> list[list]:
@@ -49,7 +49,7 @@ def table_rows(records: Sequence[dict], image: Callable[[str | None], Any]) -> l
     for record in records:
         cell = image(record["image"])  # one object per group: each tracker stores a map once
         for number, answer in enumerate(record["answers"]):
-            values = {**record, **answer, "map": cell, "answer": number}
+            values = {**record, **answer, "map": cell, "answer": number + 1}
             rows.append([values.get(column) for column in TABLE_COLUMNS])
     return rows
 
