@@ -15,6 +15,10 @@ COMMANDS = {
     "sft": ("rewardmap.grpo.sft", "supervised warm start on the rows' answers (cross-entropy)"),
     "demo": ("rewardmap.grpo.demo", "the embedded default end to end on CPU: synthetic maps, tiny model, SFT, GRPO"),
     "plot": ("rewardmap.grpo.plot", "draw reward curves (per stage and per type) of a run directory as PNG"),
+    "report": (
+        "rewardmap.report.page",
+        "write RUN_DIR/report.html: config, curves, sample rollouts with their maps, validation and evaluation tables",
+    ),
     "eval": (
         "rewardmap.eval.runner",
         "evaluate a model on a dataset split (resumable): results.json/.md, accuracy.png",

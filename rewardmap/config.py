@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,8 +300,13 @@ class TrainerConfig:
     """auto (newest complete checkpoint in output_dir, if any), none, or a checkpoint path."""
     seed: int = 42
     """Seed for weights' dropout, sampling order and everything else random in the trainer."""
-    tensorboard: bool = True
-    """Also write TensorBoard event files (metrics.jsonl is always written)."""
+    loggers: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
+    """Where each step's scalars go: jsonl (metrics.jsonl, always), tensorboard, wandb, trackio (the last two are
+    optional installs; they also get the sample rollouts as a table and the config)."""
+    project: str = "rewardmap"
+    """The W&B / Trackio project a run joins (the run is named after output_dir's folder)."""
+    log_samples: int = 4
+    """Groups of each step kept in <output_dir>/samples.jsonl (seeded, spread over question types); 0 turns it off."""
     backend: str = "fsdp2"
     """fsdp2 (PyTorch FSDP2 shards, DCP checkpoints) or deepspeed (ZeRO, stage trainer.zero_stage)."""
     zero_stage: int = 3
@@ -310,6 +316,18 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         _check_choice("trainer", "backend", self.backend, ("fsdp2", "deepspeed"))
+        for logger_name in self.loggers:
+            _check_choice("trainer", "loggers", logger_name, ("jsonl", "tensorboard", "wandb", "trackio"))
+        if "jsonl" not in self.loggers:
+            raise InputError(
+                f"trainer.loggers={list(self.loggers)} lacks jsonl: metrics.jsonl feeds `rewardmap plot` and "
+                "`rewardmap report`; add it, e.g. trainer.loggers=[jsonl,wandb]"
+            )
+        for tracker in ("wandb", "trackio"):
+            if tracker in self.loggers and importlib.util.find_spec(tracker) is None:
+                raise InputError(f"trainer.loggers asks for {tracker}, which is not installed: pip install {tracker}")
+        if self.log_samples < 0:
+            raise InputError(f"trainer.log_samples={self.log_samples} must be >= 0 (0 turns sample logging off)")
         if self.zero_stage not in (2, 3):
             raise InputError(f"trainer.zero_stage={self.zero_stage} is not one of 2, 3")
         if min(self.save_freq, self.save_limit, self.micro_batch_size, self.mini_batches_per_step) < 1:

@@ -37,7 +37,7 @@ def small_overrides(model_dir: Path, data_dir: Path, out: Path, *extra: str) -> 
         "curriculum.stages=[{types: [TorF1, TorF2], steps: 4},"
         " {types: [Counting1, Counting2, Counting3, planning], steps: 1}]",
         "trainer.max_steps=4",
-        "trainer.tensorboard=false",
+        "trainer.loggers=[jsonl]",
         *extra,
     ]
 

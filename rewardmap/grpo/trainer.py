@@ -13,7 +13,6 @@ import itertools
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -36,6 +35,7 @@ from rewardmap.grpo.losses import (
     truncated_is_weights,
 )
 from rewardmap.grpo.metrics import MetricsLogger, group_metrics, reward_metrics
+from rewardmap.grpo.samples import step_samples, validation_samples
 from rewardmap.grpo.setup import Components, build_components, row_image
 from rewardmap.models.logprobs import completion_logprobs
 from rewardmap.models.shared_prefix import micro_batches
@@ -56,24 +56,13 @@ class GRPOTrainer:
         self.world = world
         self.run_dir = Path(config.trainer.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = MetricsLogger(self.run_dir, config, enabled=self.is_main)  # trackers start before the models
         self.parts: Components = build_components(config, world)
         # Completions per forward sequence: rollout.n when each group's prompt runs once (model.shared_prefix).
         self.group_size = self.parts.group_size
         if world.is_main:
-            attention = self.parts.attention
-            logger.info(
-                "attention: language model %s, vision tower %s; shared prefix: %d completion(s) per forward sequence",
-                attention["text"],
-                attention["vision"],
-                self.group_size,
-            )
-            # The run's config as resolved: each part's attention and whether prompts are shared, for later reading.
-            resolved = replace(
-                config.model, attn_implementation=attention, shared_prefix="on" if self.group_size > 1 else "off"
-            )
-            (self.run_dir / "config.yaml").write_text(config_to_yaml(replace(config, model=resolved)))
+            (self.run_dir / "config.yaml").write_text(config_to_yaml(self.parts.resolved_config()))
         self.step_count = 0
-        self.metrics = MetricsLogger(self.run_dir, tensorboard=config.trainer.tensorboard, enabled=self.is_main)
 
     @property
     def is_main(self) -> bool:
@@ -143,6 +132,7 @@ class GRPOTrainer:
             "val/accuracy_weighted": summary["overall"]["weighted"],
         }
         metrics.update({f"val/{name}/accuracy": block["plain"] for name, block in summary["types"].items()})
+        self.metrics.log_samples("val_samples", validation_samples(self.config, parts, dict(tagged), self.step_count))
         return {**metrics, "timing/validation_s": time.perf_counter() - start}
 
     def step(self, stage: int, indices: list[int]) -> dict[str, float]:
@@ -188,6 +178,7 @@ class GRPOTrainer:
         if cfg.reward.overlong_buffer:
             penalties = [r - s.total for g in generated for r, s in zip(g.rewards, g.scores, strict=True)]
             options["reward/overlong_penalty_mean"] = sum(penalties) / len(penalties)
+        self.metrics.log_samples("samples", step_samples(cfg, parts, generated, kept, stage, self.step_count + 1))
         return {
             **reward_metrics([s for g in generated for s in g.scores], generated_rows, cfg.rollout.n, stage),
             **group_metrics(generated, generated_rows),
