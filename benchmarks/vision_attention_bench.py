@@ -17,11 +17,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.overrides import TorchFunctionMode
 from transformers import Qwen2VLImageProcessor
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
@@ -30,18 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewardmap.data.images import MAX_PIXELS, MAX_SOURCE_PIXELS, MIN_PIXELS, fit_image  # noqa: E402
 from rewardmap.models.vision_attention import batch_vision_windows  # noqa: E402
-
-
-class SdpaCalls(TorchFunctionMode):
-    """Counts F.scaled_dot_product_attention calls made while it is active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        self.count += func is F.scaled_dot_product_attention
-        return func(*args, **(kwargs or {}))
 
 
 def seven_b_tower(depth: int) -> Qwen2_5_VisionTransformerPretrainedModel:
@@ -62,10 +50,13 @@ def seven_b_tower(depth: int) -> Qwen2_5_VisionTransformerPretrainedModel:
 def calls_per_block(tower: torch.nn.Module, pixels: torch.Tensor, grid: torch.Tensor) -> list[int]:
     """The sdpa calls each block makes in one forward."""
     counts, hooks = [], []
-    with torch.no_grad(), SdpaCalls() as calls:
+    with (
+        torch.no_grad(),
+        mock.patch.object(F, "scaled_dot_product_attention", wraps=F.scaled_dot_product_attention) as sdpa,
+    ):
         for block in tower.blocks:
-            hooks.append(block.register_forward_pre_hook(lambda *_: counts.append(-calls.count)))
-            hooks.append(block.register_forward_hook(lambda *_: counts.append(counts.pop() + calls.count)))
+            hooks.append(block.register_forward_pre_hook(lambda *_: counts.append(-sdpa.call_count)))
+            hooks.append(block.register_forward_hook(lambda *_: counts.append(counts.pop() + sdpa.call_count)))
         tower(pixels, grid_thw=grid)
     for hook in hooks:
         hook.remove()
