@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.distributed.fsdp import fully_shard
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
@@ -115,6 +116,28 @@ def test_calls_past_the_kernel_limit_split_and_stay_exact(monkeypatch) -> None:
     # At most 2 windows per call: 64 patches x 5 windows, 48 x 3, 16 x 2, 12 x 2 make 3 + 2 + 1 + 1 calls per window
     # block; the full-attention blocks have one image of each length.
     assert calls == 2 * (3 + 2 + 1 + 1) + 2 * 3
+
+
+@pytest.mark.parametrize("cu_seqlens", [[0, 3, 7, 12], [0, 12, 15, 27, 30], [0, 5, 5, 9, 14]])
+def test_segment_attention_equals_one_call_per_segment(cu_seqlens: list[int]) -> None:
+    # Lengths already ascending (nothing reordered); two lengths alternating; an empty segment.
+    cu_seqlens = torch.tensor(cu_seqlens, dtype=torch.int32)
+    qkv = torch.randn(int(cu_seqlens[-1]), 3, 2, 8, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    query, key, value = qkv.unbind(1)  # (N, 2 heads, 8) each, strided as in the model
+    got = vision_attention.segment_attention(query, key, value, cu_seqlens, scale=0.3)
+    parts = zip(*(t.split(torch.diff(cu_seqlens).tolist()) for t in (query, key, value)), strict=True)
+    expected = [F.scaled_dot_product_attention(*(t.transpose(0, 1) for t in part), scale=0.3) for part in parts]
+    expected = torch.cat([out.transpose(0, 1) for out in expected])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    (grad,) = torch.autograd.grad(got.sin().sum(), qkv)
+    torch.testing.assert_close(grad, torch.autograd.grad(expected.sin().sum(), qkv)[0], atol=1e-6, rtol=0)
+
+
+def test_refuses_an_attention_module_wrapped_on_its_own(world) -> None:
+    tower = random_tower()
+    fully_shard(tower.blocks[0].attn)
+    with pytest.raises(ValueError, match=r"blocks.0.attn is a FSDPQwen2_5_VLVisionAttention, not a plain"):
+        batch_vision_windows(tower)
 
 
 def test_refuses_a_vision_attention_other_than_sdpa(tiny_model_dir: Path) -> None:

@@ -7,8 +7,8 @@ segments together and each length runs as one `F.scaled_dot_product_attention` o
 
 - exact: the same kernel on the same numbers (bitwise equal to the loop on CPU, see the tests);
 - no mask, so on CUDA sdpa can pick its flash kernel (a padded batch needs a key-padding mask, which rules it out);
-- few calls: windows are 64 patches except at an image's right and bottom edges, so at most 9 lengths
-  (4 x 4 merged tokens cut to 1-4 by 1-4), usually 4; a full-attention block has one length per image size.
+- few calls: windows are 64 patches except at an image's right and bottom edges, so an image has at most 4 lengths
+  and any batch at most 9 (4 x 4 merged tokens cut to 1-4 by 1-4); a full-attention block has one per image size.
 
 Measured on the CPU (2 shared cores, fp32, 16 heads of 80, a map's window attention only, forward + backward):
 at 1M pixels (5,016 patches, 90 windows) the loop took 2.13 s, this 0.81 s, a padded batch with a key-padding mask
