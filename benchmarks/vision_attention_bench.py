@@ -1,14 +1,16 @@
 """Vision tower benchmark on CPU: transformers' sdpa loop over attention windows vs `batch_vision_windows` (one call
 per window length), side by side in one run.
 
-Run: `python benchmarks/vision_attention_bench.py [--megapixels 1 2] [--depth 4] [--repeats 3] [--threads 2]`. The
+Run: `python benchmarks/vision_attention_bench.py [--megapixels 0.5 1] [--depth 4] [--repeats 3] [--threads 1]`. The
 tower is Qwen2.5-VL-7B's vision tower (hidden 1280, 16 heads of 80, MLP 3420, 112-pixel windows) cut to `--depth`
 blocks, the last one with full attention (the 7B has 32, every eighth full), random weights, fp32, sdpa. The image is
 a real map (default: New York, 4600 x 5600) resized to each pixel budget by the training pipeline's `fit_image` and
-turned into patches by the real Qwen2-VL image processor. Per size: seconds of a forward (no grad) and of a forward +
-backward (gradients of every parameter), each the median of `--repeats` (loop and batched alternate within a repeat),
-and the attention calls each block makes each way. On a GPU the loop's cost is launch overhead per tiny call, which
-a CPU does not show: here the calls are counted, and the seconds are what a CPU gains."""
+turned into patches by the real Qwen2-VL image processor. Per size: the attention calls each block makes each way,
+and CPU seconds (this process's CPU time, which other processes on shared cores barely change; with one thread it is
+the wall time of an idle machine) of the tower's forward (no grad), its forward + backward (gradients of every
+parameter) and one window block's attention alone (forward + backward), each the median of `--repeats`, loop and
+batched alternating within a repeat. On a CPU the matrix products dominate the tower; on a GPU the loop's cost is the
+launch overhead of its many tiny calls, which a CPU does not show."""
 
 import argparse
 import copy
@@ -16,6 +18,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
@@ -25,6 +28,7 @@ from PIL import Image
 from transformers import Qwen2VLImageProcessor
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+from transformers.vision_utils import get_vision_window_index
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -63,15 +67,41 @@ def calls_per_block(tower: torch.nn.Module, pixels: torch.Tensor, grid: torch.Te
     return counts
 
 
-def seconds(tower: torch.nn.Module, pixels: torch.Tensor, grid: torch.Tensor, backward: bool) -> float:
-    """Wall-clock seconds of one forward (no grad), or of one forward + backward."""
-    start = time.perf_counter()
-    with torch.set_grad_enabled(backward):
-        merged = tower(pixels, grid_thw=grid).pooler_output
-    if backward:
-        merged.square().mean().backward()
-        tower.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+def attention_inputs(tower: torch.nn.Module, grid: torch.Tensor) -> dict:
+    """Random inputs of one window block's attention for an image of `grid`: hidden states (patches, 1280) that
+    require grad, the image's window boundaries, rotary (cos, sin)."""
+    config = tower.config
+    _, cu_windows = get_vision_window_index(grid, config.spatial_merge_size, config.window_size, config.patch_size)
+    angles = torch.rand(int(cu_windows[-1]), config.hidden_size // config.num_heads)
+    hidden = torch.randn(int(cu_windows[-1]), config.hidden_size, requires_grad=True)
+    return {"hidden_states": hidden, "cu_seqlens": cu_windows, "position_embeddings": (angles.cos(), angles.sin())}
+
+
+def timed_runs(tower: torch.nn.Module, pixels: torch.Tensor, grid: torch.Tensor, attention: dict) -> dict:
+    """The runs timed per side: the tower's forward (no grad) and forward + backward (gradients of every parameter),
+    and the first block's (window) attention alone, forward + backward."""
+
+    def forward() -> None:
+        with torch.no_grad():
+            tower(pixels, grid_thw=grid)
+
+    def train() -> None:
+        tower(pixels, grid_thw=grid).pooler_output.square().mean().backward()
+
+    def window_attention() -> None:
+        tower.blocks[0].attn(**attention).square().mean().backward()
+
+    return {"forward": forward, "forward+backward": train, "window attention": window_attention}
+
+
+def cpu_seconds(run: Callable[[], None], tower: torch.nn.Module, attention: dict) -> float:
+    """CPU seconds of `run()` in this process; the gradients it made are dropped after."""
+    start = time.process_time()
+    run()
+    seconds = time.process_time() - start
+    tower.zero_grad(set_to_none=True)
+    attention["hidden_states"].grad = None
+    return seconds
 
 
 def main() -> int:
@@ -80,10 +110,10 @@ def main() -> int:
         Path(__file__).resolve().parents[1].parent / "shared" / "reasonmap" / "maps" / "america" / "new_york.png"
     )
     parser.add_argument("--map", type=Path, default=default_map, help="a map PNG (default: ReasonMap's New York)")
-    parser.add_argument("--megapixels", type=float, nargs="+", default=[1, 2], help="pixel budgets (recipe max 12.8)")
+    parser.add_argument("--megapixels", type=float, nargs="+", default=[0.5, 1], help="pixel budgets (recipe: 12.8)")
     parser.add_argument("--depth", type=int, default=4, help="vision blocks (the last has full attention; 7B: 32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (the median is reported)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: CPU time = idle wall time)")
     args = parser.parse_args()
     if not args.map.is_file():
         print(f"no map at {args.map}; pass --map PATH to a PNG", file=sys.stderr)
@@ -96,32 +126,35 @@ def main() -> int:
     processor = Qwen2VLImageProcessor(
         patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS
     )
-    print(f"map: {args.map.name}; depth {args.depth} (full attention in the last); fp32; {args.threads} threads")
+    print(f"map: {args.map.name}; depth {args.depth} (full attention in the last); fp32; {args.threads} thread(s)")
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     print(
-        "| image | patches | calls per window block | calls per full block "
-        "| forward s (loop / batched) | speed-up | forward+backward s (loop / batched) | speed-up |"
+        "| image | patches | attention calls per window block | per full block | tower forward CPU s (loop / batched) "
+        "| speed-up | tower forward+backward CPU s | speed-up | window attention forward+backward CPU s | speed-up |"
     )
-    print("|---" * 8 + "|", flush=True)
+    print("|---" * 10 + "|", flush=True)
     for megapixels in args.megapixels:
         image = fit_image(Image.open(args.map), max_pixels=int(megapixels * 1e6))
         inputs = processor(images=[image], return_tensors="pt")  # already fit: not resized again
         pixels, grid = inputs["pixel_values"], inputs["image_grid_thw"]
+        attention = attention_inputs(loop, grid)
         loop_calls, batched_calls = calls_per_block(loop, pixels, grid), calls_per_block(batched, pixels, grid)
-        times = {(side, backward): [] for side in ("loop", "batched") for backward in (False, True)}
-        for _ in range(args.repeats):
-            for backward in (False, True):
+        sides = {
+            side: timed_runs(tower, pixels, grid, attention) for side, tower in (("loop", loop), ("batched", batched))
+        }
+        times = {(side, name): [] for side in sides for name in sides[side]}
+        for _ in range(args.repeats):  # the two sides alternate within each repeat
+            for name in sides["loop"]:
                 for side, tower in (("loop", loop), ("batched", batched)):
-                    times[side, backward].append(seconds(tower, pixels, grid, backward))
-        median = {key: statistics.median(values) for key, values in times.items()}
+                    times[side, name].append(cpu_seconds(sides[side][name], tower, attention))
         row = [
             f"{image.width} x {image.height}",
             f"{pixels.shape[0]:,}",
             f"{loop_calls[0]} -> {batched_calls[0]}",
             f"{loop_calls[-1]} -> {batched_calls[-1]}",
         ]
-        for backward in (False, True):
-            slow, fast = median["loop", backward], median["batched", backward]
+        for name in sides["loop"]:
+            slow, fast = (statistics.median(times[side, name]) for side in sides)
             row += [f"{slow:.2f} / {fast:.2f}", f"{slow / fast:.2f}x"]
         print("| " + " | ".join(row) + " |", flush=True)
     print(f"load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
