@@ -1,16 +1,18 @@
-"""Vision tower benchmark on CPU: transformers' sdpa loop over attention windows vs `batch_vision_windows` (one call
-per window length), side by side in one run.
+"""Vision tower benchmark on CPU: transformers' per-window sdpa loop vs batch_vision_windows (a call per length).
 
-Run: `python benchmarks/vision_attention_bench.py [--megapixels 0.5 1] [--depth 4] [--repeats 3] [--threads 1]`. The
+Both sides run in one process, side by side.
+
+Run: `python benchmarks/vision_attention_bench.py [--megapixels 0.5 1] [--depth 4] [--repeats 3] [--threads 1 2]`. The
 tower is Qwen2.5-VL-7B's vision tower (hidden 1280, 16 heads of 80, MLP 3420, 112-pixel windows) cut to `--depth`
 blocks, the last one with full attention (the 7B has 32, every eighth full), random weights, fp32, sdpa. The image is
 a real map (default: New York, 4600 x 5600) resized to each pixel budget by the training pipeline's `fit_image` and
-turned into patches by the real Qwen2-VL image processor. Per size: the attention calls each block makes each way,
-and CPU seconds (this process's CPU time, which other processes on shared cores barely change; with one thread it is
-the wall time of an idle machine) of the tower's forward (no grad), its forward + backward (gradients of every
-parameter) and one window block's attention alone (forward + backward), each the median of `--repeats`, loop and
-batched alternating within a repeat. On a CPU the matrix products dominate the tower; on a GPU the loop's cost is the
-launch overhead of its many tiny calls, which a CPU does not show."""
+turned into patches by the real Qwen2-VL image processor. Per size and thread count: the attention calls each
+block makes each way, and CPU seconds (this process's CPU time, which other processes on shared cores change far
+less than wall time) of the tower's forward (no grad), its forward + backward (gradients of every parameter) and one
+window block's attention alone (forward + backward), each the median of `--repeats`, loop and batched alternating.
+A call's fixed cost is what batching saves: on a GPU a kernel launch per window, on a CPU with several threads waking
+them per call (one thread shows the arithmetic alone, where the batched path's reordering copies cost about what it
+saves). The matrix products dominate a CPU tower; a GPU check is not run here."""
 
 import argparse
 import copy
@@ -104,6 +106,22 @@ def cpu_seconds(run: Callable[[], None], tower: torch.nn.Module, attention: dict
     return seconds
 
 
+def timing_columns(towers: dict, pixels: torch.Tensor, grid: torch.Tensor, repeats: int) -> list[str]:
+    """'loop s / batched s' and the speed-up of each timed run, medians of `repeats` with the sides alternating."""
+    attention = attention_inputs(towers["loop"], grid)
+    runs = {side: timed_runs(tower, pixels, grid, attention) for side, tower in towers.items()}
+    times = {(side, name): [] for side in runs for name in runs[side]}
+    for _ in range(repeats):
+        for name in runs["loop"]:
+            for side, tower in towers.items():
+                times[side, name].append(cpu_seconds(runs[side][name], tower, attention))
+    columns = []
+    for name in runs["loop"]:
+        slow, fast = (statistics.median(times[side, name]) for side in towers)
+        columns += [f"{slow:.2f} / {fast:.2f}", f"{slow / fast:.2f}x"]
+    return columns
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_map = (
@@ -113,50 +131,37 @@ def main() -> int:
     parser.add_argument("--megapixels", type=float, nargs="+", default=[0.5, 1], help="pixel budgets (recipe: 12.8)")
     parser.add_argument("--depth", type=int, default=4, help="vision blocks (the last has full attention; 7B: 32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (the median is reported)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: CPU time = idle wall time)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch CPU thread counts to run with")
     args = parser.parse_args()
     if not args.map.is_file():
         print(f"no map at {args.map}; pass --map PATH to a PNG", file=sys.stderr)
         return 1
-    torch.set_num_threads(args.threads)
     Image.MAX_IMAGE_PIXELS = MAX_SOURCE_PIXELS
-    loop = seven_b_tower(args.depth)
-    batched = copy.deepcopy(loop)
-    batch_vision_windows(batched)
+    towers = {"loop": seven_b_tower(args.depth)}
+    towers["batched"] = copy.deepcopy(towers["loop"])
+    batch_vision_windows(towers["batched"])
     processor = Qwen2VLImageProcessor(
         patch_size=14, temporal_patch_size=2, merge_size=2, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS
     )
-    print(f"map: {args.map.name}; depth {args.depth} (full attention in the last); fp32; {args.threads} thread(s)")
+    print(f"map: {args.map.name}; depth {args.depth} (full attention in the last); fp32; CPU seconds")
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     print(
-        "| image | patches | attention calls per window block | per full block | tower forward CPU s (loop / batched) "
-        "| speed-up | tower forward+backward CPU s | speed-up | window attention forward+backward CPU s | speed-up |"
+        "| image | patches | threads | attention calls per window block | per full block | tower forward s "
+        "(loop / batched) | speed-up | tower forward+backward s | speed-up | window attention forward+backward s "
+        "| speed-up |"
     )
-    print("|---" * 10 + "|", flush=True)
+    print("|---" * 11 + "|", flush=True)
     for megapixels in args.megapixels:
         image = fit_image(Image.open(args.map), max_pixels=int(megapixels * 1e6))
         inputs = processor(images=[image], return_tensors="pt")  # already fit: not resized again
         pixels, grid = inputs["pixel_values"], inputs["image_grid_thw"]
-        attention = attention_inputs(loop, grid)
-        loop_calls, batched_calls = calls_per_block(loop, pixels, grid), calls_per_block(batched, pixels, grid)
-        sides = {
-            side: timed_runs(tower, pixels, grid, attention) for side, tower in (("loop", loop), ("batched", batched))
-        }
-        times = {(side, name): [] for side in sides for name in sides[side]}
-        for _ in range(args.repeats):  # the two sides alternate within each repeat
-            for name in sides["loop"]:
-                for side, tower in (("loop", loop), ("batched", batched)):
-                    times[side, name].append(cpu_seconds(sides[side][name], tower, attention))
-        row = [
-            f"{image.width} x {image.height}",
-            f"{pixels.shape[0]:,}",
-            f"{loop_calls[0]} -> {batched_calls[0]}",
-            f"{loop_calls[-1]} -> {batched_calls[-1]}",
-        ]
-        for name in sides["loop"]:
-            slow, fast = (statistics.median(times[side, name]) for side in sides)
-            row += [f"{slow:.2f} / {fast:.2f}", f"{slow / fast:.2f}x"]
-        print("| " + " | ".join(row) + " |", flush=True)
+        loop_calls, batched_calls = (calls_per_block(tower, pixels, grid) for tower in towers.values())
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            row = [f"{image.width} x {image.height}", f"{pixels.shape[0]:,}", str(threads)]
+            row += [f"{loop_calls[0]} -> {batched_calls[0]}", f"{loop_calls[-1]} -> {batched_calls[-1]}"]
+            row += timing_columns(towers, pixels, grid, args.repeats)
+            print("| " + " | ".join(row) + " |", flush=True)
     print(f"load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return 0
 
