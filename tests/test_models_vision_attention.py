@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.distributed.fsdp import fully_shard
+from transformers import AutoModelForImageTextToText
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
@@ -18,13 +19,19 @@ from rewardmap.models import vision_attention
 from rewardmap.models.loading import load_policy, load_processor
 from rewardmap.models.logprobs import build_prompt_inputs, completion_logprobs
 from rewardmap.models.lora import apply_lora
-from rewardmap.models.vision_attention import batch_vision_windows
+from rewardmap.models.vision_attention import WindowBatchedVisionAttention, batch_vision_windows
 
 # Three images (t, h, w in patches); windows are 8 x 8 patches, and no side but 8 is a multiple of 8, so the
 # windows come in 4 lengths (64, 48, 16, 12 patches) and the full-attention blocks see 3 lengths.
 GRID = torch.tensor([[1, 18, 22], [1, 10, 6], [1, 8, 8]])
 WINDOWS = 9 + 2 + 1  # per image: ceil(9 / 4) * ceil(11 / 4), ceil(5 / 4) * ceil(3 / 4), 1 (in merged tokens)
 LENGTHS = {"window": 4, "full": 3}
+
+
+def transformers_model(model_dir: Path) -> torch.nn.Module:
+    """The tiny model as transformers loads it, its vision attention looping over windows (fp32, sdpa, train mode)."""
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    return model.train()
 
 
 def random_tower(dtype: torch.dtype = torch.float32) -> Qwen2_5_VisionTransformerPretrainedModel:
@@ -38,7 +45,7 @@ def random_tower(dtype: torch.dtype = torch.float32) -> Qwen2_5_VisionTransforme
 
 @pytest.fixture(scope="module")
 def tiny_tower(tiny_model_dir: Path) -> Qwen2_5_VisionTransformerPretrainedModel:
-    tower = load_policy(tiny_model_dir, device="cpu", dtype=torch.float32).model.visual
+    tower = transformers_model(tiny_model_dir).model.visual
     assert (tower.config.depth, tower.config.num_heads, tower.fullatt_block_indexes) == (2, 2, [1])
     return tower
 
@@ -173,18 +180,19 @@ def logprobs_and_grads(model: torch.nn.Module, prompt) -> dict:
 @pytest.fixture(scope="module")
 def expected(tiny_model_dir: Path, prompt) -> dict:
     """completion_logprobs and gradients of the tiny model as loaded (transformers' per-window loop)."""
-    return logprobs_and_grads(load_policy(tiny_model_dir, device="cpu", dtype=torch.float32), prompt)
+    return logprobs_and_grads(transformers_model(tiny_model_dir), prompt)
 
 
 def test_completion_logprobs_equal_with_and_without(tiny_model_dir: Path, prompt, expected: dict) -> None:
-    ours = load_policy(tiny_model_dir, device="cpu", dtype=torch.float32)
-    assert batch_vision_windows(ours) == 2
+    ours = load_policy(tiny_model_dir, device="cpu", dtype=torch.float32)  # batches the windows under sdpa
+    assert sum(isinstance(m, WindowBatchedVisionAttention) for m in ours.modules()) == 2
+    assert batch_vision_windows(ours) == 0
     assert any(".visual." in name for name in expected)  # the vision tower's gradients are compared too
     assert_all_close(logprobs_and_grads(ours, prompt), expected, atol=1e-5, rtol=0)
 
 
 def test_completion_logprobs_equal_under_lora(tiny_model_dir: Path, prompt) -> None:
-    loop = apply_lora(load_policy(tiny_model_dir, device="cpu", dtype=torch.float32), rank=4, alpha=8)
+    loop = apply_lora(transformers_model(tiny_model_dir), rank=4, alpha=8)
     ours = copy.deepcopy(loop)
     assert batch_vision_windows(ours) == 2
     assert_all_close(logprobs_and_grads(ours, prompt), logprobs_and_grads(loop, prompt), atol=1e-5, rtol=0)
@@ -194,7 +202,7 @@ def test_completion_logprobs_equal_under_lora(tiny_model_dir: Path, prompt) -> N
 def test_works_before_and_after_fsdp2_sharding(
     tiny_model_dir: Path, prompt, expected: dict, world, switch: str
 ) -> None:
-    ours = load_policy(tiny_model_dir, device="cpu", dtype=torch.float32)
+    ours = transformers_model(tiny_model_dir)
     if switch == "before":
         assert batch_vision_windows(ours) == 2
     shard_model(ours, compute_dtype=torch.float32)
