@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from rewardmap.errors import write_failed
 from rewardmap.reward import RewardBreakdown
 
 METRICS_FILE = "metrics.jsonl"
@@ -61,8 +62,12 @@ class MetricsLogger:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a", encoding="utf-8") as file:
-            file.write(json.dumps({"step": step, **metrics}) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(json.dumps({"step": step, **metrics}) + "\n")
+        except OSError as error:
+            resume = "free space and run the same command: trainer.resume=auto continues from the newest checkpoint"
+            raise write_failed(self.path, error, resume) from error
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(key, value, step)

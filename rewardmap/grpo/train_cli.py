@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from rewardmap.grpo.trainer import GRPOTrainer
 
     config = load_config(args.config or ["configs/reward_map.yaml"], args.overrides)
-    with join_world() as world:
+    with join_world(config.trainer.collective_timeout_s) as world:
         if config.sft.steps > 0:
             if world.size > 1:
                 raise InputError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,8 @@ from rewardmap.distributed import World, all_gather_lists, all_reduce_sum
 from rewardmap.eval.report import summarize
 from rewardmap.eval.runner import evaluate_rows
 from rewardmap.grpo import checkpoint
-from rewardmap.grpo.batching import Group, TrainBatch, completion_tensors, logprob_tensor, update_shards
+from rewardmap.grpo.batching import Group, TrainBatch, completion_tensors, logprob_tensor, update_shards, whole_batch
+from rewardmap.grpo.faults import StepBoundary
 from rewardmap.grpo.losses import (
     aggregate,
     clipped_policy_loss,
@@ -68,7 +70,8 @@ class GRPOTrainer:
         return self.world.is_main
 
     def fit(self) -> Path:
-        """Train until the curriculum (or trainer.max_steps) is done; returns the final checkpoint directory."""
+        """Train until the curriculum (or trainer.max_steps) is done; returns the final checkpoint directory. Stops
+        early with RunStopped on a stop signal, non-finite steps, a failed write or a lost rank (`StepBoundary`)."""
         cfg = self.config.trainer
         resumed = checkpoint.resolve_resume(cfg.resume, self.run_dir)
         if resumed is not None:
@@ -78,7 +81,9 @@ class GRPOTrainer:
             logger.info("resumed from %s at step %d", resumed, self.step_count)
         total = len(self.parts.stream) if cfg.max_steps is None else min(cfg.max_steps, len(self.parts.stream))
         last = resumed
-        with tqdm(total=total, initial=self.step_count, desc="GRPO", disable=not self.is_main) as bar:
+        boundary = StepBoundary(cfg, self.world, self.run_dir, self.step_count, self.parts.backend)
+        bar = tqdm(total=total, initial=self.step_count, desc="GRPO", disable=not self.is_main)
+        with boundary, contextlib.closing(self.metrics), bar:
             while self.step_count < total:
                 stage, indices = self.parts.stream.next_batch()
                 metrics = self.step(stage, indices)
@@ -88,9 +93,8 @@ class GRPOTrainer:
                 self.metrics.log(self.step_count, metrics)
                 bar.update(1)
                 bar.set_postfix(stage=stage + 1, reward=f"{metrics['reward/mean']:.2f}")
-                if self.step_count % cfg.save_freq == 0 or self.step_count == total:
-                    last = self.save()
-        self.metrics.close()
+                due = self.step_count % cfg.save_freq == 0 or self.step_count == total
+                last = boundary.after(self.step_count, stage, metrics, due, self.save) or last
         return last if last is not None else self.save()
 
     def save(self) -> Path:
@@ -160,8 +164,10 @@ class GRPOTrainer:
                 round_number + 1,
             )
 
-        # 3-5. Reference log-probs, old log-probs when needed, and the optimizer steps, on this rank's share.
-        stats = self.train_on(kept, timings)
+        # 3-5. Reference log-probs, old log-probs when needed, and the optimizer steps, on this rank's share; none when
+        # the engine's log-probs are not finite (a policy gone NaN), which counts as a non-finite step.
+        nonfinite = sum(not all(map(math.isfinite, c.logprobs)) for group in kept for c in group.completions)
+        stats = {"optim/updates": 0.0, "optim/nonfinite_skipped": 1.0} if nonfinite else self.train_on(kept, timings)
 
         # 6. Metrics of the whole world's batch (every rank has every group; the main rank logs them).
         generated_rows = [parts.rows[g.row] for g in generated]
@@ -184,6 +190,7 @@ class GRPOTrainer:
             "batch/sequences_per_rank": float(len(completions) // world.size),
             "response/length_mean": tokens / max(len(completions), 1),
             "response/finished_fraction": sum(c.finished for c in completions) / max(len(completions), 1),
+            "rollout/nonfinite_logprobs": float(nonfinite),
             "optim/lr": learning_rate(cfg.trainer, self.step_count),
             **{f"timing/{name}_s": value for name, value in timings.items()},
             "timing/step_s": seconds,
@@ -354,6 +361,8 @@ class GRPOTrainer:
             if entropy is not None:
                 per_token = per_token - algo.entropy_coef * entropy
             loss = aggregate(per_token, mask, algo.loss_agg, normalizer)
+            if not math.isfinite(loss.item()):  # a NaN gradient too (else it could be finite), so the step is skipped
+                loss = loss * math.nan
             parts.backend.backward(loss * world.size)  # backends average gradients over ranks; we want their sum
             share = mask.sum().item() / max(tokens, 1.0)
             ratio = torch.exp(log_ratio(logprobs.detach(), old, mask, algo.importance_level))
@@ -370,6 +379,7 @@ class GRPOTrainer:
         grad_norm = parts.backend.step(cfg.trainer.max_grad_norm)
         summed = all_reduce_sum(list(totals.values()), world.device)
         stats = {**dict(zip(totals, summed, strict=True)), "optim/grad_norm": grad_norm}
+        stats["optim/nonfinite_skipped"] = float(not math.isfinite(grad_norm))  # then the backend took no step
         if correcting:
             stats["rollout_is/weight_max"] = max(all_gather_lists([weight_max]))
         return stats
@@ -379,12 +389,6 @@ def learning_rate(trainer: TrainerConfig, step: int) -> float:
     """Linear warm-up over trainer.warmup_steps, then constant (the released schedule)."""
     scale = min(1.0, (step + 1) / trainer.warmup_steps) if trainer.warmup_steps else 1.0
     return trainer.lr * scale
-
-
-def whole_batch(indices: list[int], world_size: int) -> list[int]:
-    """`indices` padded with its own first rows to a multiple of the world size (a stage's last, partial batch)."""
-    missing = -len(indices) % world_size
-    return indices + [indices[i % len(indices)] for i in range(missing)]
 
 
 @contextlib.contextmanager
