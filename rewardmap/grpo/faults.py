@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -163,8 +164,10 @@ def rank_lost(world: World, step: int, error: BaseException, timeout_s: float, l
     if silent == []:
         return None
     who = f"rank{'s' if len(silent) > 1 else ''} {', '.join(map(str, silent))}" if silent else "another rank"
+    # gloo's messages open with its source file and close with advice: keep the words between.
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", one_line(error)).split(". ")[0]
     return RunStopped(
-        f"rank {world.rank}: a collective operation of step {step} failed ({one_line(error)}): {who} did not report "
+        f"rank {world.rank}: a collective operation of step {step} failed ({reason}): {who} did not report "
         f"back within {REPORT_WINDOW_S:.0f} s, so it died, hangs (trainer.collective_timeout_s={timeout_s:g}) or "
         f"stopped on an error of its own (see its log); trainer.resume=auto will continue from "
         f"{last or 'the start (no complete checkpoint yet)'}",
@@ -207,11 +210,11 @@ class StepBoundary:
     ) -> Path | None:
         """At the end of step `step` (collective): stops after too many non-finite steps; calls `save` when a save is
         `due` or any rank received a stop signal, and then stops. Returns the checkpoint saved, if any."""
-        self.in_progress = step + 1
         if self.guard.check(step, stage, metrics):
             raise self.guard.stop(step, stage, metrics, checkpoint.latest(self.run_dir), self.config.lr)
         received = self.signals.agreed(self.world)
         saved = save() if due or received else None
         if received:
             raise self.signals.stop(self.world, received, step, saved)
+        self.in_progress = step + 1
         return saved
