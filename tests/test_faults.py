@@ -1,7 +1,7 @@
-"""What clusters do to a run, on the real tiny model in real processes: a stop signal (a checkpoint at the step being
-trained, exit 75, an exact resume), steps that are not finite (no update, then a stop naming the last good
-checkpoint), a checkpoint that cannot be written (injected ENOSPC, and a real full tmpfs where the test may mount
-one), a rank that dies or hangs in a 2-process world (the run ends naming it)."""
+"""What clusters do to a run, on the real tiny model in real processes: stop signals delivered twice, steps that are
+not finite (no update, then a stop naming the last good checkpoint), a checkpoint that cannot be written (injected
+ENOSPC, and a real full tmpfs where the test may mount one), a rank that dies or hangs in a 2-process world (the run
+ends naming it). A SIGTERM mid-step: tests/test_grpo_trainer.py (one process), tests/test_distributed.py (torchrun)."""
 
 import errno
 import json
@@ -21,7 +21,7 @@ import torch
 
 from rewardmap.config import load_config
 from rewardmap.distributed import local
-from rewardmap.errors import EXIT_NONFINITE, EXIT_RANK_LOST, EXIT_STOPPED, EXIT_WRITE, RunStopped
+from rewardmap.errors import EXIT_NONFINITE, EXIT_RANK_LOST, EXIT_WRITE, RunStopped
 from rewardmap.grpo import checkpoint
 from rewardmap.grpo.metrics import read_metrics
 from rewardmap.grpo.trainer import GRPOTrainer
@@ -64,46 +64,6 @@ def test_a_repeated_signal_is_one_request_and_a_later_one_aborts():
     assert result.stdout.strip() == "after two signals: SIGUSR1"
     assert "SIGUSR1: stopping after this step with a checkpoint" in result.stderr
     assert "SIGTERM again: aborting at once, without a checkpoint" in result.stderr
-
-
-def _run(out: Path, tiny_model_dir: Path, data_dir: Path, *extra: str) -> list[str]:
-    """`rewardmap train` for 3 steps of the small workload into `out`."""
-    return _train_command(small_overrides(tiny_model_dir, data_dir, out, "trainer.max_steps=3", *extra))
-
-
-@pytest.fixture(scope="module")
-def straight_run(tiny_model_dir, synth_dataset_dir, module_dir) -> Path:
-    """The uninterrupted single-process run the interrupted ones must reproduce, bit for bit."""
-    out = module_dir / "straight"
-    subprocess.run(_run(out, tiny_model_dir, synth_dataset_dir), env=ENV, cwd=REPO, check=True)
-    return out
-
-
-@pytest.mark.slow
-def test_sigterm_mid_step_saves_that_step_and_the_resume_is_exact(
-    straight_run, tiny_model_dir, synth_dataset_dir, tmp_path
-):
-    """save_freq=100, so the only checkpoint before the end is the one the signal asked for (step 2, the step being
-    trained when it came); the resumed run ends with the uninterrupted run's weights and AdamW state, bit for bit."""
-    command = _run(tmp_path, tiny_model_dir, synth_dataset_dir, "trainer.save_freq=100")
-    process = subprocess.Popen(command, env=ENV, cwd=REPO, stderr=subprocess.PIPE, text=True)
-    _wait_for(tmp_path / "metrics.jsonl", process, "step 1")
-    process.send_signal(signal.SIGTERM)  # during step 2
-    stderr = process.communicate(timeout=600)[1]
-    assert process.returncode == EXIT_STOPPED, stderr[-3000:]
-    saved = tmp_path / "checkpoints" / "step_000002"
-    assert [p.name for p in checkpoint.checkpoint_root(tmp_path).iterdir()] == ["step_000002"]
-    assert checkpoint.verify(saved)["step"] == 2
-    assert f"rewardmap train: stopped by SIGTERM after step 2 with checkpoint {saved}; run the same command" in stderr
-    assert [record["step"] for record in read_metrics(tmp_path)] == [1, 2]
-
-    resumed = subprocess.run(command, env=ENV, cwd=REPO, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    first, second = ({r["step"]: r for r in read_metrics(run)} for run in (straight_run, tmp_path))
-    assert sorted(second) == [1, 2, 3]
-    for key in ("loss/total", "loss/kl", "reward/mean", "optim/grad_norm"):
-        assert second[3][key] == first[3][key], key
-    assert _distcp_bytes(checkpoint.latest(tmp_path)) == _distcp_bytes(checkpoint.latest(straight_run))
 
 
 def _poison(trainer: GRPOTrainer, gradients: set[int], rollouts: set[int]) -> None:
@@ -203,10 +163,9 @@ def _tmpfs(path: Path, size: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_full_file_system(straight_run, tiny_model_dir, synth_dataset_dir, tmp_path):
+def test_a_full_file_system(tiny_model_dir, synth_dataset_dir, tmp_path):
     """On a 420 MB tmpfs a checkpoint of the tiny model (337 MB) fits once: the run warns before its first step, step
-    2's save fails and leaves nothing behind; with the file system enlarged, the same command resumes from step 1 and
-    ends as the uninterrupted run does."""
+    2's save fails and leaves nothing behind; with the file system enlarged, the same command resumes from step 1."""
     mount = tmp_path / "small_disk"
     mount.mkdir()
     try:
@@ -216,7 +175,9 @@ def test_a_full_file_system(straight_run, tiny_model_dir, synth_dataset_dir, tmp
     try:
         out = mount / "run"
         extra = ("trainer.save_freq=1", "trainer.save_limit=1", f"data.image_cache_dir={tmp_path / 'image_cache'}")
-        command = _run(out, tiny_model_dir, synth_dataset_dir, *extra)
+        command = _train_command(
+            small_overrides(tiny_model_dir, synth_dataset_dir, out, "trainer.max_steps=3", *extra)
+        )
         full = subprocess.run(command, env=ENV, cwd=REPO, capture_output=True, text=True)
         assert full.returncode == EXIT_WRITE, full.stderr[-3000:]
         assert "free and a checkpoint takes about" in full.stderr  # the warning before the first step
@@ -227,7 +188,7 @@ def test_a_full_file_system(straight_run, tiny_model_dir, synth_dataset_dir, tmp
         subprocess.run(["mount", "-o", "remount,size=800M", str(mount)], check=True)
         resumed = subprocess.run(command, env=ENV, cwd=REPO, capture_output=True, text=True)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert _distcp_bytes(root / "step_000003") == _distcp_bytes(checkpoint.latest(straight_run))
+        assert [p.name for p in root.iterdir()] == ["step_000003"] and checkpoint.verify(root / "step_000003")
     finally:
         subprocess.run(["umount", str(mount)], check=False)
 
@@ -244,10 +205,9 @@ def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
 @pytest.mark.slow
 def test_a_rank_that_dies_or_hangs_ends_the_run_naming_it(tiny_model_dir, synth_dataset_dir, tmp_path):
     """Two 2-process runs at once: rank 1 SIGKILLed in one, stopped in the other (SIGSTOP: a hang), once step 1 is
-    logged. Each run ends within trainer.collective_timeout_s + 30 s of the fault (the hang: + 10 s more for the
-    ranks' report window; torchrun's grace for the hung rank cut from 30 to 5 s), with rank 0 naming rank 1."""
+    logged. Each run ends within trainer.collective_timeout_s + 30 s of the fault, the hang within + 70 s (10 s of
+    report window, then torchrun's fixed 30 s grace before it kills the hung rank), with rank 0 naming rank 1."""
     timeout = 20
-    env = {**ENV, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "5"}
     runs = {}
     try:
         for fault in (signal.SIGKILL, signal.SIGSTOP):
@@ -255,7 +215,7 @@ def test_a_rank_that_dies_or_hangs_ends_the_run_naming_it(tiny_model_dir, synth_
             extra = ("trainer.max_steps=2", f"trainer.collective_timeout_s={timeout}")
             command = torchrun(2, *train_args(*small_overrides(tiny_model_dir, synth_dataset_dir, out, *extra)))
             log = (tmp_path / f"{fault.name}.log").open("w")
-            runs[fault] = (out, log, subprocess.Popen(command, env=env, cwd=REPO, stderr=log, start_new_session=True))
+            runs[fault] = (out, log, subprocess.Popen(command, env=ENV, cwd=REPO, stderr=log, start_new_session=True))
         faulted = {}
         for fault, (out, _, launcher) in runs.items():
             _wait_for(out / "metrics.jsonl", launcher, "step 1")
@@ -267,7 +227,7 @@ def test_a_rank_that_dies_or_hangs_ends_the_run_naming_it(tiny_model_dir, synth_
             log.close()
             stderr = Path(log.name).read_text()
             assert launcher.returncode != 0
-            assert ended < timeout + (30 if fault == signal.SIGKILL else 40), (fault.name, ended)
+            assert ended < timeout + (30 if fault == signal.SIGKILL else 70), (fault.name, ended)
             assert "rewardmap train: rank 0: a collective operation of step " in stderr, stderr[-3000:]
             assert "rank 1 did not report back within 10 s, so it died, hangs" in stderr
             assert f"(trainer.collective_timeout_s={timeout})" in stderr
