@@ -27,6 +27,9 @@ from rewardmap.grpo.backend import TrainBackend
 
 logger = logging.getLogger(__name__)
 
+FULL_BELOW = 16_000_000
+"""Free bytes under which a file system that failed a write is called full."""
+
 
 def checkpoint_root(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
@@ -91,16 +94,25 @@ def _write_together(world: World, final: Path, size: int, write: Callable[[], No
     if not failures:
         return
     tmp = final.with_name(f".{final.name}.tmp")
+    # torch.save names a full disk only as "unexpected pos ...": say it when the file system is (nearly) full.
+    full = " (the file system is full)" if _free_bytes(final) < FULL_BELOW else ""
     if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
-    free = shutil.disk_usage(final.parent if final.parent.is_dir() else final.parent.parent).free
     resume = latest(final.parent.parent)
     raise write_failed(
         final,
-        failures[0],
-        f"a checkpoint needs about {human_bytes(size)} and {human_bytes(free)} are free there; {tmp.name} was "
-        f"removed and trainer.resume=auto will continue from {resume or 'the start (no complete checkpoint yet)'}",
+        failures[0] + full,
+        f"a checkpoint needs about {human_bytes(size)} and {human_bytes(_free_bytes(final))} are free there; "
+        f"{tmp.name} was removed and trainer.resume=auto will continue from "
+        f"{resume or 'the start (no complete checkpoint yet)'}",
     )
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the file system of `path`, or of its nearest existing parent."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def weights_finite(model: torch.nn.Module) -> bool:
@@ -121,7 +133,7 @@ def expected_bytes(run_dir: Path, backend: TrainBackend) -> int:
 
 def warn_if_short_of_space(run_dir: Path, backend: TrainBackend) -> None:
     """Warns when the run directory's file system has less free space than two checkpoints take."""
-    need, free = expected_bytes(run_dir, backend), shutil.disk_usage(run_dir).free
+    need, free = expected_bytes(run_dir, backend), _free_bytes(run_dir)
     if free < 2 * need:
         logger.warning(
             "%s has %s free and a checkpoint takes about %s: a save needs room for two (the new one is written before "

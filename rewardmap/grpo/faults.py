@@ -176,22 +176,21 @@ def rank_lost(world: World, step: int, error: BaseException, timeout_s: float, l
 
 
 class StepBoundary:
-    """The checks of a training loop, entered around it from step `step` on: the free space before the first step;
-    at each step boundary, stop signals (agreed by every rank, then a checkpoint and a stop) and too many non-finite
-    steps in a row; a collective that fails because another rank died or hangs (a stop that names the rank)."""
+    """The checks of a training loop that starts after step `step`: free space (when made); at each step boundary,
+    stop signals (agreed by every rank, then a checkpoint and a stop) and too many non-finite steps in a row; while
+    entered, a collective that fails because another rank died or hangs (turned into a stop that names the rank)."""
 
     def __init__(self, config: TrainerConfig, world: World, run_dir: Path, step: int, backend: TrainBackend) -> None:
         self.config = config
         self.world = world
         self.run_dir = run_dir
-        self.backend = backend
         self.in_progress = step + 1
         self.signals = StopSignals()
         self.guard = NonfiniteGuard(config.max_nonfinite_steps, world)
+        if world.is_main:
+            checkpoint.warn_if_short_of_space(run_dir, backend)
 
     def __enter__(self) -> StepBoundary:
-        if self.world.is_main:
-            checkpoint.warn_if_short_of_space(self.run_dir, self.backend)
         self.signals.__enter__()
         return self
 
