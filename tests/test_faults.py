@@ -22,8 +22,9 @@ import torch
 from rewardmap.config import load_config
 from rewardmap.distributed import local
 from rewardmap.errors import EXIT_NONFINITE, EXIT_RANK_LOST, EXIT_WRITE, RunStopped
+from rewardmap.eval.answers import RERUN, append_answers, replace_file
 from rewardmap.grpo import checkpoint
-from rewardmap.grpo.metrics import read_metrics
+from rewardmap.grpo.metrics import MetricsLogger, read_metrics
 from rewardmap.grpo.trainer import GRPOTrainer
 
 from .test_distributed import ENV, torchrun, train_args
@@ -156,6 +157,22 @@ def test_a_checkpoint_that_cannot_be_written_stops_cleanly_and_resumes(
     assert checkpoint.verify(root / "step_000002")["step"] == 2
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 2]  # step 2 logged, its save lost, trained again
+
+
+def test_output_files_that_cannot_be_written_stop_with_one_sentence(tmp_path):
+    """answers.jsonl, results files and metrics.jsonl on a full device (/dev/full: every write fails with ENOSPC)."""
+    full = Path("/dev/full")
+    if not full.exists():
+        pytest.skip("no /dev/full here")
+    with pytest.raises(RunStopped) as stopped:
+        append_answers(full, [{"id": "row-0", "response": "yes"}])
+    assert stopped.value.exit_code == EXIT_WRITE
+    assert str(stopped.value) == f"could not write {full}: No space left on device; {RERUN}"
+    (tmp_path / "metrics.jsonl").symlink_to(full)
+    with pytest.raises(RunStopped, match="metrics.jsonl: No space left on device; free space and run the same"):
+        MetricsLogger(tmp_path, tensorboard=False).log(1, {"reward/mean": 1.0})
+    with pytest.raises(RunStopped, match="results.json: No such file or directory; free space and run the same"):
+        replace_file(tmp_path / "gone" / "results.json", "{}")
 
 
 def _tmpfs(path: Path, size: str) -> None:
