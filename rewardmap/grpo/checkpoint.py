@@ -147,7 +147,7 @@ def warn_if_short_of_space(run_dir: Path, backend: TrainBackend) -> None:
 def human_bytes(size: float) -> str:
     """A size in bytes for people: 3 significant digits, decimal units."""
     for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000:
+        if size < 999.5:
             return f"{size:.3g} {unit}"
         size /= 1000
     return f"{size:.3g} TB"

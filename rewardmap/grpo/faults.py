@@ -54,8 +54,8 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
+        for number, handler in self.previous.items():  # None: a handler set outside Python, which cannot be put back
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
 
     def _handle(self, number: int, frame: FrameType | None) -> None:
         # os.write, not logging: a handler that writes to a stream the interrupted code was writing to raises.
