@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -11,6 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rewardmap.errors import InputError
 
 CURRICULUM_PRESETS = ("released", "coarse", "fine-grained", "none")
+ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 
 
 def _check_choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -26,8 +28,10 @@ class ModelConfig:
     """Local model directory (download it first; nothing is fetched at run time)."""
     dtype: str = "auto"
     """auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."""
-    attn_implementation: str = "auto"
-    """auto (flash_attention_2 when installed on GPU, else sdpa), sdpa, eager or flash_attention_2."""
+    attn_implementation: Any = "auto"
+    """One of auto, sdpa, eager, flash_attention_2 for the whole model, or per part: {text: sdpa, vision: auto}.
+    auto: the vision tower takes flash_attention_2 where it is installed (on CUDA), else sdpa; the language model
+    takes sdpa when the shared prefix runs (it needs sdpa), else flash_attention_2 where installed, else sdpa."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass (less memory, ~30% more time)."""
     shared_prefix: str = "auto"
@@ -44,9 +48,16 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice("model", "dtype", self.dtype, ("auto", "bf16", "fp16", "fp32"))
-        _check_choice(
-            "model", "attn_implementation", self.attn_implementation, ("auto", "sdpa", "eager", "flash_attention_2")
-        )
+        parts = self.attn_implementation
+        if isinstance(parts, str):
+            parts = {"text": parts, "vision": parts}
+        if not isinstance(parts, dict) or not set(parts) <= {"text", "vision"}:
+            raise InputError(
+                f"model.attn_implementation={self.attn_implementation!r} is neither one attention implementation nor "
+                "a mapping of the parts text and vision to one, e.g. {text: sdpa, vision: flash_attention_2}"
+            )
+        for part, value in parts.items():
+            _check_choice("model", f"attn_implementation.{part}", value, ATTENTION_IMPLEMENTATIONS)
         # YAML 1.1 reads a bare on/off as a boolean, which reaches this str field as "True"/"False".
         self.shared_prefix = {"True": "on", "False": "off"}.get(self.shared_prefix, self.shared_prefix)
         _check_choice("model", "shared_prefix", self.shared_prefix, ("auto", "on", "off"))
@@ -171,8 +182,9 @@ class RolloutConfig:
     """vLLM: skip CUDA graph capture."""
     enable_sleep_mode: bool = True
     """vLLM: free the KV cache while the trainer updates, wake before rollouts."""
-    enable_chunked_prefill: bool = False
-    """vLLM: chunked prefill (off in the recipe)."""
+    enable_chunked_prefill: bool | None = None
+    """vLLM: chunked prefill; None leaves it to vLLM (on in vLLM 0.32, which warns that turning it off may crash or
+    give wrong outputs for Qwen2.5-VL)."""
     max_num_batched_tokens: int = 25600
     """vLLM: tokens per engine step."""
     max_model_len: int = 22048

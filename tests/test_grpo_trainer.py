@@ -84,6 +84,25 @@ def test_zero_advantage_and_zero_kl_give_zero_loss(tiny_model_dir, synth_dataset
     assert stats["optim/grad_norm"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_attention_per_part_trains_as_all_sdpa(tiny_model_dir, synth_dataset_dir, tmp_path, world):
+    """The vision tower on transformers' eager attention beside an sdpa language model: the update's loss and gradient
+    norm equal all-sdpa's, and the run's config.yaml records what each part resolved to."""
+    answers = [[9707, 1879, 151645], [9707, 151645]]
+    stats = {}
+    for name, attention in (("sdpa", "sdpa"), ("parts", "{text: sdpa, vision: eager}")):
+        extra = (f"model.attn_implementation={attention}", "trainer.lr=1e-3")
+        config = load_config(DEMO, small_overrides(tiny_model_dir, synth_dataset_dir, tmp_path / name, *extra))
+        trainer = GRPOTrainer(config, world)
+        rows = trainer.parts.stream.next_batch()[1]
+        groups = [Group(row, [Completion(ids, "", [], True) for ids in answers], [], [1.0, 0.0]) for row in rows]
+        stats[name] = trainer.train_on(groups, {})
+    for key in ("loss/total", "loss/entropy", "optim/grad_norm"):
+        assert stats["parts"][key] == pytest.approx(stats["sdpa"][key], rel=1e-5), key
+    assert stats["sdpa"]["optim/grad_norm"] > 0
+    resolved = load_config(tmp_path / "parts" / "config.yaml").model
+    assert resolved.attn_implementation == {"text": "sdpa", "vision": "eager"} and resolved.shared_prefix == "on"
+
+
 def test_checkpoint_is_atomic_and_corruption_is_named(tiny_model_dir, synth_dataset_dir, tmp_path, world):
     config = load_config(DEMO, small_overrides(tiny_model_dir, synth_dataset_dir, tmp_path))
     trainer = GRPOTrainer(config, world)

@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ from rewardmap.grpo.losses import (
 from rewardmap.grpo.metrics import MetricsLogger, group_metrics, reward_metrics
 from rewardmap.grpo.setup import Components, build_components, row_image
 from rewardmap.models.logprobs import completion_logprobs
-from rewardmap.models.shared_prefix import micro_batches, shared_prefix_group
+from rewardmap.models.shared_prefix import micro_batches
 from rewardmap.reward import score_batch
 from rewardmap.rollout import Sampling, prompt_seed
 
@@ -57,11 +58,22 @@ class GRPOTrainer:
         self.world = world
         self.run_dir = Path(config.trainer.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if world.is_main:
-            (self.run_dir / "config.yaml").write_text(config_to_yaml(config))
         self.parts: Components = build_components(config, world)
         # Completions per forward sequence: rollout.n when each group's prompt runs once (model.shared_prefix).
-        self.group_size = shared_prefix_group(config.model.shared_prefix, self.parts.model, config.rollout.n)
+        self.group_size = self.parts.group_size
+        if world.is_main:
+            attention = self.parts.attention
+            logger.info(
+                "attention: language model %s, vision tower %s; shared prefix: %d completion(s) per forward sequence",
+                attention["text"],
+                attention["vision"],
+                self.group_size,
+            )
+            # The run's config as resolved: each part's attention and whether prompts are shared, for later reading.
+            resolved = replace(
+                config.model, attn_implementation=attention, shared_prefix="on" if self.group_size > 1 else "off"
+            )
+            (self.run_dir / "config.yaml").write_text(config_to_yaml(replace(config, model=resolved)))
         self.step_count = 0
         self.metrics = MetricsLogger(self.run_dir, tensorboard=config.trainer.tensorboard, enabled=self.is_main)
 
@@ -70,8 +82,7 @@ class GRPOTrainer:
         return self.world.is_main
 
     def fit(self) -> Path:
-        """Train until the curriculum (or trainer.max_steps) is done; returns the final checkpoint directory. Stops
-        early with RunStopped on a stop signal, non-finite steps, a failed write or a lost rank (`StepBoundary`)."""
+        """Train until the curriculum (or trainer.max_steps) is done or StepBoundary stops it; the last checkpoint."""
         cfg = self.config.trainer
         resumed = checkpoint.resolve_resume(cfg.resume, self.run_dir)
         if resumed is not None:
@@ -125,6 +136,7 @@ class GRPOTrainer:
             image_fn=lambda row: row_image(row, parts.val_root, self.config.data),
             progress=False,
         )
+        parts.engine.sleep()
         # Every rank's records, each held-out answer once (the padding repeats a few rows).
         tagged = all_gather_lists([((mine[r["index"]], r.get("question")), r) for r in answered])
         records = list(dict(tagged).values())
@@ -157,6 +169,7 @@ class GRPOTrainer:
             if len(kept) >= len(batch):
                 break
         kept = kept[: len(batch)]
+        parts.engine.sleep()  # its device memory goes to the reference pass and the update until the next sync
         if not kept:
             logger.warning(
                 "step %d: every group's rewards are equal after %d rounds; no update",

@@ -16,7 +16,7 @@ import torch
 from rewardmap.config import RewardMapConfig
 from rewardmap.distributed import World
 from rewardmap.errors import InputError
-from rewardmap.grpo.backend import compute_dtype
+from rewardmap.models.loading import compute_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class DeepSpeedBackend:
 
         self.max_grad_norm = config.trainer.max_grad_norm
         self.world = world
-        dtype = compute_dtype(config, world)
+        dtype = compute_dtype(config.model.dtype, world.device)
         self.engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],

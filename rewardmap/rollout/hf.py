@@ -59,6 +59,9 @@ class HFRolloutEngine:
         if model is not self.model:
             raise InputError("the HF rollout engine samples from the model it was built with; pass that model")
 
+    def sleep(self) -> None:
+        """Nothing to free: the engine holds no memory of its own between rollouts."""
+
     @torch.no_grad()
     def generate(
         self,
@@ -96,6 +99,7 @@ class HFRolloutEngine:
             temperature=None if greedy else sampling.temperature,
             top_p=None if greedy else sampling.top_p,
             top_k=None if greedy else max(sampling.top_k, 0),  # 0 turns top-k off in transformers
+            repetition_penalty=sampling.repetition_penalty,  # explicit: never the checkpoint's generation config
             max_new_tokens=sampling.max_tokens,
             num_return_sequences=n,
             logits_processor=LogitsProcessorList([recorder]),
