@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from rewardmap.errors import InputError
+from rewardmap.errors import EXIT_INPUT, InputError, RunStopped
 
 # name -> (module with add_arguments/run, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
@@ -66,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.log_level.upper() == "DEBUG":
             raise
         print(f"rewardmap {args.command}: {error}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
+    except RunStopped as stop:
+        # A run that stopped on purpose (a signal, non-finite steps, a failed write, a lost rank): its one sentence.
+        if str(stop):
+            print(f"rewardmap {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
 
 
 if __name__ == "__main__":

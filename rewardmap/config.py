@@ -313,6 +313,12 @@ class TrainerConfig:
     """DeepSpeed ZeRO stage, 2 (optimizer state and gradients sharded) or 3 (weights too)."""
     cpu_offload: bool = False
     """Keep sharded weights, gradients and optimizer state in CPU memory (the recipe's offload; slower)."""
+    max_nonfinite_steps: int = 3
+    """Stop after this many steps in a row whose loss, gradient norm or rollout log-probs were not finite (each such
+    step takes no optimizer step)."""
+    collective_timeout_s: float = 600.0
+    """Seconds a collective (all-reduce, barrier, ...) waits for every process before the run stops naming the rank
+    that died or hung (torch's NCCL default, 10 minutes; raise it if loading or validation makes ranks wait longer)."""
 
     def __post_init__(self) -> None:
         _check_choice("trainer", "backend", self.backend, ("fsdp2", "deepspeed"))
@@ -330,12 +336,16 @@ class TrainerConfig:
             raise InputError(f"trainer.log_samples={self.log_samples} must be >= 0 (0 turns sample logging off)")
         if self.zero_stage not in (2, 3):
             raise InputError(f"trainer.zero_stage={self.zero_stage} is not one of 2, 3")
+        if self.collective_timeout_s <= 0:
+            raise InputError(f"trainer.collective_timeout_s={self.collective_timeout_s} must be > 0 (seconds)")
         if min(self.save_freq, self.save_limit, self.micro_batch_size, self.mini_batches_per_step) < 1:
             raise InputError(
                 f"trainer.save_freq={self.save_freq}, trainer.save_limit={self.save_limit}, "
                 f"trainer.micro_batch_size={self.micro_batch_size} and "
                 f"trainer.mini_batches_per_step={self.mini_batches_per_step} must all be >= 1"
             )
+        if self.max_nonfinite_steps < 1:
+            raise InputError(f"trainer.max_nonfinite_steps={self.max_nonfinite_steps} must be >= 1")
 
 
 @dataclass

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     config = warm_start(load_config(args.config, filled + list(args.overrides)))
     print(f"[demo] SFT warm start done ({time.perf_counter() - start:.0f} s)")
-    with join_world() as world:
+    with join_world(config.trainer.collective_timeout_s) as world:
         trainer = GRPOTrainer(config, world)
         final = trainer.fit()
     merged = merge_checkpoint(final, out / "trained_model", dtype="fp32", overwrite=True)  # the checkpoint's shards

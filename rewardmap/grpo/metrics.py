@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rewardmap.config import RewardMapConfig
+from rewardmap.errors import write_failed
 from rewardmap.grpo.samples import SampleFile
 from rewardmap.grpo.trackers import Tracker, open_trackers
 from rewardmap.reward import RewardBreakdown
 
 METRICS_FILE = "metrics.jsonl"
+RESUME = "free space and run the same command: trainer.resume=auto continues from the newest checkpoint"
 
 
 def reward_metrics(scores: Sequence[RewardBreakdown], rows: Sequence[dict], n: int, stage: int) -> dict[str, float]:
@@ -70,8 +72,11 @@ class MetricsLogger:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a", encoding="utf-8") as file:
-            file.write(json.dumps({"step": step, **metrics}) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(json.dumps({"step": step, **metrics}) + "\n")
+        except OSError as error:
+            raise write_failed(self.path, error, RESUME) from error
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(key, value, step)
@@ -82,7 +87,11 @@ class MetricsLogger:
         """One step's sample records (samples.py) appended to <run>/<name>.jsonl and logged as the trackers' table."""
         if not self.enabled or not records:
             return
-        self.sample_files.setdefault(name, SampleFile(self.run_dir / f"{name}.jsonl")).append(records)
+        samples = self.sample_files.setdefault(name, SampleFile(self.run_dir / f"{name}.jsonl"))
+        try:
+            samples.append(records)
+        except OSError as error:
+            raise write_failed(samples.path, error, RESUME) from error
         for tracker in self.trackers:
             tracker.log_samples(name, records)
 
