@@ -170,7 +170,7 @@ def test_output_files_that_cannot_be_written_stop_with_one_sentence(tmp_path):
     assert str(stopped.value) == f"could not write {full}: No space left on device; {RERUN}"
     (tmp_path / "metrics.jsonl").symlink_to(full)
     with pytest.raises(RunStopped, match="metrics.jsonl: No space left on device; free space and run the same"):
-        MetricsLogger(tmp_path, tensorboard=False).log(1, {"reward/mean": 1.0})
+        MetricsLogger(tmp_path, load_config(DEMO, ["trainer.loggers=[jsonl]"])).log(1, {"reward/mean": 1.0})
     with pytest.raises(RunStopped, match="results.json: No such file or directory; free space and run the same"):
         replace_file(tmp_path / "gone" / "results.json", "{}")
 
