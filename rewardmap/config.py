@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -11,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rewardmap.errors import InputError
 
 CURRICULUM_PRESETS = ("released", "coarse", "fine-grained", "none")
+ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 
 
 def _check_choice(section: str, name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -26,8 +29,10 @@ class ModelConfig:
     """Local model directory (download it first; nothing is fetched at run time)."""
     dtype: str = "auto"
     """auto (bf16 on GPU, fp32 on CPU), bf16, fp16 or fp32."""
-    attn_implementation: str = "auto"
-    """auto (flash_attention_2 when installed on GPU, else sdpa), sdpa, eager or flash_attention_2."""
+    attn_implementation: Any = "auto"
+    """One of auto, sdpa, eager, flash_attention_2 for the whole model, or per part: {text: sdpa, vision: auto}.
+    auto: the vision tower takes flash_attention_2 where it is installed (on CUDA), else sdpa; the language model
+    takes sdpa when the shared prefix runs (it needs sdpa), else flash_attention_2 where installed, else sdpa."""
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass (less memory, ~30% more time)."""
     shared_prefix: str = "auto"
@@ -44,9 +49,16 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice("model", "dtype", self.dtype, ("auto", "bf16", "fp16", "fp32"))
-        _check_choice(
-            "model", "attn_implementation", self.attn_implementation, ("auto", "sdpa", "eager", "flash_attention_2")
-        )
+        parts = self.attn_implementation
+        if isinstance(parts, str):
+            parts = {"text": parts, "vision": parts}
+        if not isinstance(parts, dict) or not set(parts) <= {"text", "vision"}:
+            raise InputError(
+                f"model.attn_implementation={self.attn_implementation!r} is neither one attention implementation nor "
+                "a mapping of the parts text and vision to one, e.g. {text: sdpa, vision: flash_attention_2}"
+            )
+        for part, value in parts.items():
+            _check_choice("model", f"attn_implementation.{part}", value, ATTENTION_IMPLEMENTATIONS)
         # YAML 1.1 reads a bare on/off as a boolean, which reaches this str field as "True"/"False".
         self.shared_prefix = {"True": "on", "False": "off"}.get(self.shared_prefix, self.shared_prefix)
         _check_choice("model", "shared_prefix", self.shared_prefix, ("auto", "on", "off"))
@@ -171,8 +183,9 @@ class RolloutConfig:
     """vLLM: skip CUDA graph capture."""
     enable_sleep_mode: bool = True
     """vLLM: free the KV cache while the trainer updates, wake before rollouts."""
-    enable_chunked_prefill: bool = False
-    """vLLM: chunked prefill (off in the recipe)."""
+    enable_chunked_prefill: bool | None = None
+    """vLLM: chunked prefill; None leaves it to vLLM (on in vLLM 0.32, which warns that turning it off may crash or
+    give wrong outputs for Qwen2.5-VL)."""
     max_num_batched_tokens: int = 25600
     """vLLM: tokens per engine step."""
     max_model_len: int = 22048
@@ -287,25 +300,52 @@ class TrainerConfig:
     """auto (newest complete checkpoint in output_dir, if any), none, or a checkpoint path."""
     seed: int = 42
     """Seed for weights' dropout, sampling order and everything else random in the trainer."""
-    tensorboard: bool = True
-    """Also write TensorBoard event files (metrics.jsonl is always written)."""
+    loggers: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
+    """Where each step's scalars go: jsonl (metrics.jsonl, always), tensorboard, wandb, trackio (the last two are
+    optional installs; they also get the sample rollouts as a table and the config)."""
+    project: str = "rewardmap"
+    """The W&B / Trackio project a run joins (the run is named after output_dir's folder)."""
+    log_samples: int = 4
+    """Groups of each step kept in <output_dir>/samples.jsonl (seeded, spread over question types); 0 turns it off."""
     backend: str = "fsdp2"
     """fsdp2 (PyTorch FSDP2 shards, DCP checkpoints) or deepspeed (ZeRO, stage trainer.zero_stage)."""
     zero_stage: int = 3
     """DeepSpeed ZeRO stage, 2 (optimizer state and gradients sharded) or 3 (weights too)."""
     cpu_offload: bool = False
     """Keep sharded weights, gradients and optimizer state in CPU memory (the recipe's offload; slower)."""
+    max_nonfinite_steps: int = 3
+    """Stop after this many steps in a row whose loss, gradient norm or rollout log-probs were not finite (each such
+    step takes no optimizer step)."""
+    collective_timeout_s: float = 600.0
+    """Seconds a collective (all-reduce, barrier, ...) waits for every process before the run stops naming the rank
+    that died or hung (torch's NCCL default, 10 minutes; raise it if loading or validation makes ranks wait longer)."""
 
     def __post_init__(self) -> None:
         _check_choice("trainer", "backend", self.backend, ("fsdp2", "deepspeed"))
+        for logger_name in self.loggers:
+            _check_choice("trainer", "loggers", logger_name, ("jsonl", "tensorboard", "wandb", "trackio"))
+        if "jsonl" not in self.loggers:
+            raise InputError(
+                f"trainer.loggers={list(self.loggers)} lacks jsonl: metrics.jsonl feeds `rewardmap plot` and "
+                "`rewardmap report`; add it, e.g. trainer.loggers=[jsonl,wandb]"
+            )
+        for tracker in ("wandb", "trackio"):
+            if tracker in self.loggers and importlib.util.find_spec(tracker) is None:
+                raise InputError(f"trainer.loggers asks for {tracker}, which is not installed: pip install {tracker}")
+        if self.log_samples < 0:
+            raise InputError(f"trainer.log_samples={self.log_samples} must be >= 0 (0 turns sample logging off)")
         if self.zero_stage not in (2, 3):
             raise InputError(f"trainer.zero_stage={self.zero_stage} is not one of 2, 3")
+        if self.collective_timeout_s <= 0:
+            raise InputError(f"trainer.collective_timeout_s={self.collective_timeout_s} must be > 0 (seconds)")
         if min(self.save_freq, self.save_limit, self.micro_batch_size, self.mini_batches_per_step) < 1:
             raise InputError(
                 f"trainer.save_freq={self.save_freq}, trainer.save_limit={self.save_limit}, "
                 f"trainer.micro_batch_size={self.micro_batch_size} and "
                 f"trainer.mini_batches_per_step={self.mini_batches_per_step} must all be >= 1"
             )
+        if self.max_nonfinite_steps < 1:
+            raise InputError(f"trainer.max_nonfinite_steps={self.max_nonfinite_steps} must be >= 1")
 
 
 @dataclass

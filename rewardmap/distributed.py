@@ -8,6 +8,7 @@ The backend is gloo on CPU and nccl on GPU (gloo beside it for CPU objects); not
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
@@ -48,10 +50,14 @@ class World:
 
 
 @contextlib.contextmanager
-def join_world() -> Iterator[World]:
+def join_world(collective_timeout_s: float | None = None) -> Iterator[World]:
     """Joins the torchrun world from the environment, or makes a world of one; leaves it (destroying a group it
-    made) on exit. A group someone else made (a test, a caller) is used as it is and left alone."""
+    made) on exit. A group someone else made (a test, a caller) is used as it is and left alone.
+
+    A collective that waits longer than `collective_timeout_s` for another rank raises (None: torch's default).
+    """
     made = not dist.is_initialized()
+    timeout = None if collective_timeout_s is None else datetime.timedelta(seconds=collective_timeout_s)
     on_gpu = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if on_gpu:
@@ -59,9 +65,9 @@ def join_world() -> Iterator[World]:
     if made:
         backend = "cpu:gloo,cuda:nccl" if on_gpu else "gloo"
         if "WORLD_SIZE" in os.environ:
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, timeout=timeout)
         else:  # launched without torchrun: a world of one, no network port needed
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     world = World(
         rank=dist.get_rank(),
         size=dist.get_world_size(),
@@ -77,23 +83,64 @@ def join_world() -> Iterator[World]:
             dist.destroy_process_group()
 
 
-def shard_model(model: torch.nn.Module, *, compute_dtype: torch.dtype, cpu_offload: bool = False) -> torch.nn.Module:
+def shard_model(
+    model: torch.nn.Module, *, compute_dtype: torch.dtype, cpu_offload: bool = False, frozen: bool = False
+) -> torch.nn.Module:
     """FSDP2: `fully_shard` on each decoder layer and vision block, the vision tower, then the root, in place.
 
-    Parameters stay in their loaded dtype (fp32: the master weights and the optimizer state) and are cast to
-    `compute_dtype` for forward and backward; gradients are reduced in fp32.
+    Parameters stay in their dtype (the policy's fp32: the master weights and the optimizer state) and are cast to
+    `compute_dtype` for forward and backward; gradients are reduced in fp32. A `frozen` model (the reference) only
+    runs forward: its root is resharded after each forward too (FSDP2 keeps a root's weights gathered for the
+    backward that follows, which never comes), so no unit stays gathered between passes.
     """
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     options = {"mp_policy": policy, "offload_policy": CPUOffloadPolicy() if cpu_offload else OffloadPolicy()}
     for classes in (BLOCK_CLASSES, VISION_CLASSES):
         for module in [m for m in model.modules() if type(m).__name__ in classes]:
             fully_shard(module, **options)
-    # The root is the Hugging Face model itself, also under LoRA: peft's generate calls it, not the wrapper.
-    root = model.get_base_model() if hasattr(model, "get_base_model") else model
-    fully_shard(root, **options)
-    # FSDP2 picks its root at the first forward; the trainer calls the vision tower alone before the root's forward,
-    # so settle the root now.
-    root._get_fsdp_state()._lazy_init()
+    fully_shard(_fsdp_root(model), **options, **({"reshard_after_forward": True} if frozen else {}))
+    if not any(parameter.is_meta for parameter in model.parameters()):  # else once filled (`fill_from_rank0`)
+        _settle_root(model)
+    return model
+
+
+def _fsdp_root(model: torch.nn.Module) -> torch.nn.Module:
+    """The module sharded as FSDP2's root: the Hugging Face model itself, also under LoRA (peft's generate calls it,
+    not the wrapper)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _settle_root(model: torch.nn.Module) -> None:
+    """FSDP2 picks its root at the first forward; the trainer calls the vision tower alone before the root's forward,
+    so the root is settled beforehand (it needs materialised weights)."""
+    _fsdp_root(model)._get_fsdp_state()._lazy_init()
+
+
+def fill_from_rank0(
+    model: torch.nn.Module, source: torch.nn.Module | None, device: torch.device, *, cpu_offload: bool = False
+) -> torch.nn.Module:
+    """Gives the sharded `model`, built on the meta device on every rank, the weights of rank 0's `source` (a
+    loaded copy of the same structure, on the CPU; None on the other ranks), in place.
+
+    Each tensor is broadcast from rank 0 and every rank keeps its shard, so no rank but 0 ever holds a whole model;
+    values are cast to `model`'s dtypes (a bf16 checkpoint fills fp32 master weights exactly). Buffers outside the
+    state dict (the rotary frequencies) are broadcast too. With `cpu_offload` the shards live in host memory and the
+    buffers on `device`, as `shard_model` placed them.
+    """
+    model.to_empty(device="cpu" if cpu_offload else device)
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True, cpu_offload=cpu_offload)
+    set_model_state_dict(model, source.state_dict() if source is not None else {}, options=options)
+    saved = set(model.state_dict())
+    with torch.no_grad():
+        for module_name, module in model.named_modules():
+            for name, buffer in module.named_buffers(recurse=False):
+                buffer = module._buffers[name] = buffer.to(device)
+                full_name = f"{module_name}.{name}" if module_name else name
+                if full_name not in saved:
+                    if source is not None:
+                        buffer.copy_(source.get_buffer(full_name))
+                    dist.broadcast(buffer, src=0)
+    _settle_root(model)
     return model
 
 

@@ -38,7 +38,7 @@ def main() -> None:
         "rollout.n=2",
         "sft.steps=0",
         "trainer.lr=1e-3",
-        "trainer.tensorboard=false",
+        "trainer.loggers=[jsonl]",
         "curriculum.preset=none",
         *sys.argv[4:],
     ]

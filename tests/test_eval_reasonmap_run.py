@@ -11,7 +11,7 @@ from rewardmap.data.images import load_image
 from rewardmap.data.loading import load_rows
 from rewardmap.eval import runner
 from rewardmap.eval.answers import append_answers, read_answers
-from rewardmap.eval.records import render_question
+from rewardmap.eval.protocol import render_question
 from rewardmap.rollout.base import Sampling
 
 PIXELS = {"min_pixels": 3136, "max_pixels": 50176}
@@ -121,7 +121,7 @@ def test_eval_cli_on_the_synthetic_reasonmap_split(tmp_path: Path, tiny_model_di
     runner.add_arguments(parser)
     assert runner.run(parser.parse_args(argv)) == 0
     results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert set(results) == {"settings", "summary", "reasonmap"} and results["summary"]["count"] == 4
+    assert set(results) == {"settings", "protocol", "summary", "reasonmap"} and results["summary"]["count"] == 4
     assert results["settings"]["split"] == "reasonmap" and results["settings"]["answer_format"] == "plain"
     markdown = (tmp_path / "eval" / "results.md").read_text()
     assert "| acc. short (%) | acc. long (%) | map score short | map score long |" in markdown

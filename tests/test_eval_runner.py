@@ -182,7 +182,7 @@ def test_eval_cli_end_to_end_then_extend_and_compare(tmp_path, tiny_model_dir, s
     printed = capsys.readouterr().out
     assert "# Evaluation results" in printed and "| **all** | 4 |" in printed
     results = json.loads((out / "results.json").read_text())
-    assert results["summary"]["count"] == 4 and results["settings"]["max_new_tokens"] == 16
+    assert results["summary"]["count"] == 4 and results["protocol"]["max_new_tokens"] == 16
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     first_answers = (out / "answers.jsonl").read_text().splitlines()
     assert len(first_answers) == 4

@@ -140,3 +140,37 @@ def test_overlong_penalty_by_hand():
     # max 16 tokens, buffer 4: free up to 12, then -0.5 per token to -2.0 at 16 (and no further)
     torch.testing.assert_close(overlong_penalty(lengths, 16, 4, 2.0), torch.tensor([0.0, 0.0, -1.0, -2.0, -2.0]))
     assert torch.count_nonzero(overlong_penalty(lengths, 16, 0, 2.0)) == 0, "buffer 0 is off"
+
+
+@pytest.mark.parametrize("std_norm", [True, False])
+def test_equal_weighted_rewards_give_exactly_zero_advantage(std_norm):
+    # Every reward the difficulty-aware reward can give a group whose answers all score the same: (10 correct +
+    # 0.5 detail) x each weight, the planning transfer bonus included. In fp32 a group of equal 1.2 x 10.5 rewards
+    # got a mean off in the last bit, and the std division turned that into advantages up to 0.95.
+    weights = [1.0, 1.2, 1.5, 1.7, 2.0]
+    values = {w * (10 * c + 0.5 * d) for w in weights for c in (0, 1) for d in range(0, 9)}
+    for n in range(2, 17):
+        rewards = torch.tensor([v for v in sorted(values) for _ in range(n)], dtype=torch.float32)
+        adv = group_advantages(rewards, group_size=n, std_norm=std_norm)
+        assert torch.equal(adv, torch.zeros_like(adv)), f"n={n}: {adv.abs().max().item()}"
+
+
+def test_advantages_of_unequal_groups_keep_their_values():
+    rewards = torch.tensor([12.6, 12.6, 0.0, 12.6, 15.75, 0.0, 0.0, 0.0])
+    adv = group_advantages(rewards, group_size=4)
+    groups = rewards.double().view(2, 4)
+    expected = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(adv, expected.float().view(-1), rtol=0, atol=1e-7)
+    assert adv.dtype == torch.float32 and adv.abs().sum() > 1
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_far_off_token_ratio_gives_finite_loss_and_gradients(level):
+    # log p - log p_old = 100: exp overflows fp32 unless the log-ratio is clamped as the KL's is.
+    logprobs = torch.tensor([[-0.1, -1.0, -2.0]], requires_grad=True)
+    old = torch.tensor([[-100.1, -1.0, -2.0]])
+    mask = torch.ones(1, 3)
+    for advantage in (1.0, -1.0):
+        loss, _ = clipped_policy_loss(logprobs, old, torch.tensor([advantage]), 0.2, 0.2, mask=mask, level=level)
+        (grad,) = torch.autograd.grad(aggregate(loss, mask, "token-mean", 3.0), logprobs)
+        assert torch.isfinite(loss).all() and torch.isfinite(grad).all(), (advantage, loss, grad)

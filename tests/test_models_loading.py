@@ -2,23 +2,29 @@
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from rewardmap.config import load_config
+from rewardmap.errors import InputError
+from rewardmap.grpo.setup import resolve_attention_and_group
+from rewardmap.models import loading
 from rewardmap.models.loading import (
     check_model_dir,
     load_policy,
     load_processor,
     load_reference,
-    resolve_attn_implementation,
+    resolve_attention,
     resolve_dtype,
 )
 from rewardmap.models.logprobs import build_prompt_inputs, completion_logprobs
 from rewardmap.models.lora import apply_lora, reference_policy
 
+REPO = Path(__file__).resolve().parents[1]
 IDS = torch.tensor([[151644, 872, 198, 9707, 1879, 151645, 198, 151644, 77091, 198]])
 
 
@@ -61,8 +67,38 @@ def test_dtype_and_attention_defaults() -> None:
     assert resolve_dtype("bf16", cpu) == torch.bfloat16 and resolve_dtype(torch.float16, cpu) == torch.float16
     with pytest.raises(ValueError, match="dtype 'half8' is not supported"):
         resolve_dtype("half8", cpu)
-    assert resolve_attn_implementation(None, cpu) == "sdpa"
-    assert resolve_attn_implementation("eager", cuda) == "eager"
+    assert resolve_attention("auto", cpu, shares_prefix=True) == {"text": "sdpa", "vision": "sdpa"}
+    assert resolve_attention("auto", cuda, shares_prefix=False) == {"text": "sdpa", "vision": "sdpa"}  # no flash_attn
+    assert resolve_attention("eager", cuda, shares_prefix=True) == {"text": "eager", "vision": "eager"}
+    assert resolve_attention({"vision": "eager"}, cpu, shares_prefix=True) == {"text": "sdpa", "vision": "eager"}
+
+
+def test_recipe_with_flash_attn_keeps_the_shared_prefix(tiny_model_dir: Path, monkeypatch) -> None:
+    # As on a GPU with flash-attn installed: only the availability check is patched, nothing GPU-only runs.
+    monkeypatch.setattr(loading, "flash_attn_available", lambda device: device.type == "cuda")
+    recipe, cuda = REPO / "configs" / "reward_map.yaml", torch.device("cuda")
+    config = load_config(recipe, [f"model.path={tiny_model_dir}"])
+    assert resolve_attention_and_group(config, cuda) == ({"text": "sdpa", "vision": "flash_attention_2"}, 4)
+    config = load_config(recipe, [f"model.path={tiny_model_dir}", "model.shared_prefix=off"])
+    assert resolve_attention_and_group(config, cuda) == (
+        {"text": "flash_attention_2", "vision": "flash_attention_2"},
+        1,
+    )
+    config = load_config(
+        recipe, [f"model.path={tiny_model_dir}", "model.attn_implementation={text: auto, vision: sdpa}"]
+    )
+    assert resolve_attention_and_group(config, cuda) == ({"text": "sdpa", "vision": "sdpa"}, 4)
+    config = load_config(recipe, [f"model.path={tiny_model_dir}", "model.attn_implementation=flash_attention_2"])
+    with pytest.raises(InputError, match="shared_prefix=on is not supported|'flash_attention_2'"):
+        resolve_attention_and_group(replace(config, model=replace(config.model, shared_prefix="on")), cuda)
+    assert resolve_attention_and_group(config, cuda)[1] == 1  # auto: one sequence per completion
+
+
+def test_attention_per_part_reaches_the_model(tiny_model_dir: Path) -> None:
+    model = load_policy(tiny_model_dir, device="cpu", attn_implementation={"text": "sdpa", "vision": "eager"})
+    assert model.config.get_text_config()._attn_implementation == "sdpa"
+    assert model.config.vision_config._attn_implementation == "eager"
+    assert model.model.visual.config._attn_implementation == "eager"
 
 
 def test_policy_options_and_frozen_reference(tiny_model_dir: Path) -> None:

@@ -117,13 +117,13 @@ def test_micro_batches_hold_whole_groups():
 
 
 def test_shared_prefix_setting_resolves_or_names_the_fix(tiny_model_dir, processor, completions):
-    sdpa = load_policy(tiny_model_dir, device="cpu", dtype=torch.float32)
-    eager = load_policy(tiny_model_dir, device="cpu", dtype=torch.float32, attn_implementation="eager")
+    sdpa = load_policy(tiny_model_dir, device="cpu", dtype=torch.float32).config.get_text_config()
+    eager = load_policy(tiny_model_dir, device="cpu", attn_implementation="eager").config.get_text_config()
     assert shared_prefix_group("auto", sdpa, 4) == 4 and shared_prefix_group("on", sdpa, 4) == 4
     assert shared_prefix_group("off", sdpa, 4) == 1 and shared_prefix_group("on", sdpa, 1) == 1
     assert shared_prefix_group("auto", eager, 4) == 1
     with pytest.raises(
-        InputError, match=r"model.shared_prefix=on is not supported: .*'eager'.*attn_implementation=sdpa"
+        InputError, match=r"model.shared_prefix=on is not supported: .*'eager'.*attn_implementation=\{text: sdpa\}"
     ):
         shared_prefix_group("on", eager, 4)
     with pytest.raises(InputError, match=r"model.shared_prefix='sometimes' is not one of auto, on, off"):

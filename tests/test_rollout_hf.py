@@ -148,26 +148,25 @@ def test_samples_do_not_depend_on_batch_mates_or_position(engine, maps):
     assert len({tuple(c.token_ids) for group in alone for c in group}) == 3 * len(prompts)
 
 
-def reference_greedy(engine: HFRolloutEngine, prompts: list[str], images: list, max_tokens: int) -> list[list[int]]:
-    """transformers' own greedy decoding (with the checkpoint's generation config) on the same left-padded batch."""
+def reference_greedy(engine: HFRolloutEngine, prompts: list[str], images: list, sampling: Sampling) -> list[list[int]]:
+    """transformers' own greedy decoding on the same left-padded batch, with the sampling's repetition penalty."""
     inputs = prompt_tensors(engine.processor, prompts, images)
     with torch.no_grad():
         out = engine.model.eval().generate(
-            **inputs, do_sample=False, max_new_tokens=max_tokens, pad_token_id=engine.pad_id
+            **inputs,
+            do_sample=False,
+            repetition_penalty=sampling.repetition_penalty,
+            max_new_tokens=sampling.max_tokens,
+            pad_token_id=engine.pad_id,
         )
     return out[:, inputs["input_ids"].shape[1] :].tolist()
 
 
-def test_greedy_is_transformers_greedy_with_the_generation_config(engine, maps):
+def test_greedy_is_transformers_greedy_with_the_repetition_penalty(engine, maps):
     _, prompts, images = maps
-    greedy = Sampling(max_tokens=12, temperature=0.0)
-    got = [group[0].token_ids for group in engine.generate(prompts[:4], images[:4], 1, greedy)]
-    assert got == reference_greedy(engine, prompts[:4], images[:4], 12)
-    config = engine.model.generation_config
-    config.repetition_penalty, saved = 3.0, config.repetition_penalty  # a checkpoint's setting, as transformers does
-    try:
-        penalized = [group[0].token_ids for group in engine.generate(prompts[:4], images[:4], 1, greedy)]
-        assert penalized == reference_greedy(engine, prompts[:4], images[:4], 12)
-    finally:
-        config.repetition_penalty = saved
-    assert penalized != got
+    plain = Sampling(max_tokens=12, temperature=0.0)
+    penalized = Sampling(max_tokens=12, temperature=0.0, repetition_penalty=3.0)
+    got = {s: [g[0].token_ids for g in engine.generate(prompts[:4], images[:4], 1, s)] for s in (plain, penalized)}
+    for sampling, tokens in got.items():
+        assert tokens == reference_greedy(engine, prompts[:4], images[:4], sampling)
+    assert got[plain] != got[penalized]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from rewardmap.eval.answers import replace_file
+from rewardmap.errors import write_failed
+from rewardmap.eval.answers import RERUN, replace_file
 from rewardmap.eval.report import DIFFICULTY_ORDER, REASONMAP_VIEWS, TYPE_ORDER, ordered, paper_scope
 
 logger = logging.getLogger(__name__)
@@ -126,25 +127,36 @@ def _route_table(summary: Mapping) -> list[str]:
     return lines
 
 
-def _settings_line(summary: Mapping, settings: Mapping) -> str:
-    """What was evaluated: the model and its sampling, or the file of answers produced elsewhere."""
-    data = f"`{settings.get('data')}` (split {settings.get('split')}), {summary['count']} answers"
+def _protocol_text(protocol: Mapping) -> str:
+    """How the answers were asked, in one phrase: benchmarks and prompts, engine, batch, length, decoding, pixels."""
+    decoding = protocol["decoding"]
+    sampling = f"temperature {decoding['temperature']}, top-p {decoding['top_p']}, top-k {decoding['top_k']}"
+    sampling = "greedy" if decoding["greedy"] else sampling
+    asked = ", ".join(f"{name} as {source}" for name, source in protocol["benchmarks"].items())
+    formats = ", ".join(sorted(set(protocol["prompt_format"].values())))
+    return (
+        f"asked {asked} ({formats} prompt); engine {protocol['engine']}, batch size {protocol['batch_size']}, "
+        f"max_new_tokens {protocol['max_new_tokens']}, {sampling}, repetition penalty "
+        f"{decoding['repetition_penalty']}, pixels {protocol['min_pixels']}..{protocol['max_pixels']}"
+    )
+
+
+def _settings_line(results: Mapping) -> str:
+    """What was evaluated: the model and how it was asked, or the file of answers produced elsewhere."""
+    settings = results["settings"]
+    data = f"`{settings.get('data')}` (split {settings.get('split')}), {results['summary']['count']} answers"
     answer_format = f"answer format {settings.get('answer_format', 'plain')}"
     if "responses" in settings:
         return f"Answers of `{settings['responses']}` on {data}; {answer_format}."
-    sampling = "greedy" if settings.get("temperature", 0) <= 0 else f"temperature {settings.get('temperature')}"
-    return (
-        f"Model `{settings.get('model')}` on {data}; engine {settings.get('engine')}, {sampling}, "
-        f"max_new_tokens {settings.get('max_new_tokens')}, pixels {settings.get('min_pixels')}.."
-        f"{settings.get('max_pixels')}, {answer_format}."
-    )
+    asked = f"; {_protocol_text(results['protocol'])}" if "protocol" in results else ""
+    return f"Model `{settings.get('model')}` on {data}{asked}; {answer_format}."
 
 
 def render_markdown(results: Mapping) -> str:
     """results.md: the settings line, the paper's Table 1 columns, ReasonMap's views, then accuracy per type and
     difficulty, Plus groups and route metrics."""
     summary = results["summary"]
-    parts = ["# Evaluation results", "", _settings_line(summary, results["settings"]), "", *_paper_table(results)]
+    parts = ["# Evaluation results", "", _settings_line(results), "", *_paper_table(results)]
     if "reasonmap" in results:
         parts += [
             "## ReasonMap (route planning, short and long questions)",
@@ -207,5 +219,8 @@ def write_reports(out_dir: str | Path, results: Mapping) -> None:
     out = Path(out_dir)
     replace_file(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     replace_file(out / "results.md", render_markdown(results))
-    plot_accuracy(results["summary"], out / "accuracy.png")
+    try:
+        plot_accuracy(results["summary"], out / "accuracy.png")
+    except OSError as error:
+        raise write_failed(out / "accuracy.png", error, RERUN) from error
     logger.info("wrote %s/results.json, results.md, accuracy.png", out)

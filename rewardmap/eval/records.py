@@ -1,11 +1,9 @@
-"""Answer records: the questions a row asks, their prompts, and the scored record of one answer."""
+"""Answer records: the questions a row asks, their ids, and the scored record of one answer."""
 
 import hashlib
 import logging
 from collections.abc import Mapping
-from typing import Any
 
-from rewardmap.data.prompts import render_prompt
 from rewardmap.data.schema import is_reasonmap_row
 from rewardmap.eval.answers import answer_text
 from rewardmap.eval.plus import score_plus
@@ -34,17 +32,6 @@ def record_id(index: int, row: Mapping, question: str | None) -> str:
     return f"{sample_id(index, row[f'question_{question}'])}-{question}"
 
 
-def render_question(processor: Any, row: Mapping, question: str | None) -> str:
-    """The prompt of one answer. Train / Plus rows: the released RewardMap prompt (`render_prompt`). ReasonMap:
-    the benchmark's main.py prompt: one user turn, the map then the question text as it is (the chat template's
-    default system turn included)."""
-    if question is None:
-        return render_prompt(processor, row["question"])
-    content = [{"type": "image"}, {"type": "text", "text": row[f"question_{question}"]}]
-    messages = [{"role": "user", "content": content}]
-    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
 def score_record(row: Mapping, response: str, answer_format: str = "plain") -> dict:
     """The metrics of one answer to one Train / Plus row (scored on `answer_text(response, answer_format)`).
 
@@ -71,9 +58,10 @@ def score_reasonmap_record(row: Mapping, response: str, question: str, answer_fo
 
 
 def make_record(index: int, row: Mapping, question: str | None, answer: Mapping, answer_format: str) -> dict:
-    """The answers.jsonl entry of one answer: id, index, [question,] the answer (`response`, `token_count`,
-    `finished`; the last two may be None) and its scores."""
-    kept = {key: answer.get(key) for key in ("response", "token_count", "finished")}
+    """The answers.jsonl entry of one answer: id, index, [question,] the answer (`prompt`: the rendered prompt text,
+    one `<|image_pad|>` for the map; `response`, `token_count`, `finished`; all but the response may be None) and its
+    scores."""
+    kept = {key: answer.get(key) for key in ("prompt", "response", "token_count", "finished")}
     head = {"id": record_id(index, row, question), "index": index}
     if question is None:
         return head | kept | score_record(row, kept["response"], answer_format)

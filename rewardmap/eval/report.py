@@ -63,9 +63,13 @@ def summarize(records: Sequence[Mapping]) -> dict:
 
 
 def build_results(records: Sequence[Mapping], settings: Mapping) -> dict:
-    """results.json: {"settings", "summary"}, plus "reasonmap" (aggregate_reasonmap of the ReasonMap benchmark's
-    answers) and "plus" (aggregate_plus of the TorF / Counting answers) when such answers were scored."""
-    results = {"settings": dict(settings), "summary": summarize(records)}
+    """results.json: {"settings", "summary"}, "protocol" (how the answers were asked: the settings' `protocol`) when
+    a model answered, plus "reasonmap" (aggregate_reasonmap of the ReasonMap benchmark's answers) and "plus"
+    (aggregate_plus of the TorF / Counting answers) when such answers were scored."""
+    results = {"settings": {key: value for key, value in settings.items() if key != "protocol"}}
+    if "protocol" in settings:
+        results["protocol"] = settings["protocol"]
+    results["summary"] = summarize(records)
     reasonmap = [r for r in records if r.get("benchmark") == "reasonmap"]
     plus = [r for r in records if r["type"] != "planning"]
     if reasonmap:

@@ -14,11 +14,11 @@ from tqdm import tqdm
 
 from rewardmap.data.images import MAX_PIXELS, MIN_PIXELS, load_image
 from rewardmap.data.loading import MapDataset, load_rows
-from rewardmap.data.schema import is_reasonmap_row
 from rewardmap.errors import InputError
 from rewardmap.eval.answers import ANSWER_FORMATS, append_answers, read_answers, read_responses, replace_file
 from rewardmap.eval.output import write_reports
-from rewardmap.eval.records import make_record, questions_of, record_id, render_question
+from rewardmap.eval.protocol import DECODING_FLAGS, PROTOCOLS, protocols_of, render_question, resolve_decoding
+from rewardmap.eval.records import make_record, questions_of, record_id
 from rewardmap.eval.report import build_results
 from rewardmap.rollout import VLLM_DTYPES, RolloutEngine, Sampling, build_engine
 
@@ -29,8 +29,6 @@ SETTINGS_FILE = "settings.json"
 ENGINES = ("hf", "vllm")
 # Settings that only change how stored answers are scored: a resumed run may change them (all answers are re-scored).
 RESCORED = ("answer_format",)
-REASONMAP_MAX_NEW_TOKENS = 2048  # the benchmark's main.py
-DEFAULT_MAX_NEW_TOKENS = 512
 
 
 def _answer_batch(
@@ -41,18 +39,23 @@ def _answer_batch(
     sampling: Sampling,
     image_fn: Callable[[Mapping], Image.Image],
     answer_format: str,
+    training_prompts: bool,
 ) -> list[dict]:
     """Generate and score one batch of (row index, question) answers; each map is loaded once per batch."""
     batch_rows = {index: rows[index] for index, _ in batch}
     images = {index: image_fn(row) for index, row in batch_rows.items()}
-    prompts = [render_question(processor, batch_rows[index], question) for index, question in batch]
+    prompts = [render_question(processor, batch_rows[i], question, training=training_prompts) for i, question in batch]
     outputs = engine.generate(prompts, [images[index] for index, _ in batch], 1, sampling)
     records = []
-    for (index, question), (completion, *_) in zip(batch, outputs, strict=True):
-        tokens = len(completion.token_ids)
-        if question is not None:  # the benchmark counts a ReasonMap answer's tokens by re-tokenizing its text
-            tokens = len(processor.tokenizer(completion.text)["input_ids"])
-        answer = {"response": completion.text, "token_count": tokens, "finished": completion.finished}
+    for (index, question), prompt, (completion, *_) in zip(batch, prompts, outputs, strict=True):
+        # Counted as both benchmarks count an answer's tokens: its text re-tokenized (no end-of-turn token).
+        tokens = len(processor.tokenizer(completion.text)["input_ids"])
+        answer = {
+            "prompt": prompt,
+            "response": completion.text,
+            "token_count": tokens,
+            "finished": completion.finished,
+        }
         records.append(make_record(index, batch_rows[index], question, answer, answer_format))
     return records
 
@@ -69,12 +72,15 @@ def evaluate_rows(
     on_batch: Callable[[list[dict]], None] | None = None,
     progress: bool = True,
     answer_format: str = "plain",
+    training_prompts: bool = True,
 ) -> list[dict]:
     """Generate the answers the rows ask for (batched) and score them; returns the records in row order.
 
     A Train / Plus row asks one question (one record); a ReasonMap benchmark row two, short then long. Answers whose
     id is in `done` (earlier records) are not generated again: their stored response is re-scored.
     `on_batch` receives each batch's new records as soon as they are scored (the CLI appends them to disk).
+    `training_prompts`: a one-question row is asked as in training (the trainer's validation), else as its benchmark's
+    code asks it (`rewardmap eval`); see `render_question`.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -95,7 +101,7 @@ def evaluate_rows(
     with tqdm(total=len(order), initial=len(records), desc="eval", unit="answer", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            new = _answer_batch(engine, processor, rows, batch, sampling, image_fn, answer_format)
+            new = _answer_batch(engine, processor, rows, batch, sampling, image_fn, answer_format, training_prompts)
             records.update(zip(batch, new, strict=True))
             if on_batch is not None:
                 on_batch(new)
@@ -110,15 +116,26 @@ def check_settings(out_dir: Path, settings: Mapping) -> None:
     """
     path = out_dir / SETTINGS_FILE
     if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        keys = [key for key in {**old, **settings} if key not in RESCORED]
-        changed = {key: (old.get(key), settings.get(key)) for key in keys if old.get(key) != settings.get(key)}
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        old, new = (_flat({k: v for k, v in side.items() if k not in RESCORED}) for side in (stored, settings))
+        changed = {key: (old.get(key), new.get(key)) for key in {**old, **new} if old.get(key) != new.get(key)}
         if changed:
             described = ", ".join(f"{key}: {was!r} -> {now!r}" for key, (was, now) in changed.items())
             raise InputError(
                 f"{out_dir} holds answers made with other settings ({described}); pass another --out or delete it"
             )
     replace_file(path, json.dumps(dict(settings), indent=2) + "\n")
+
+
+def _flat(settings: Mapping, prefix: str = "") -> dict:
+    """Nested settings as one level of dotted keys (`protocol.decoding.top_k`), so a change names its field."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping) and value:
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def run_evaluation(
@@ -133,7 +150,8 @@ def run_evaluation(
     image_fn: Callable[[Mapping], Image.Image],
     answer_format: str = "plain",
 ) -> dict:
-    """Evaluate `rows` into `out_dir` (resumable answers.jsonl, results.json/.md, accuracy.png); return the summary."""
+    """Evaluate `rows` into `out_dir` (resumable answers.jsonl, results.json/.md, accuracy.png), each asked as its
+    benchmark's code asks it (PROTOCOLS); return the summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, settings)
@@ -148,6 +166,7 @@ def run_evaluation(
         done=read_answers(answers),
         on_batch=lambda new: append_answers(answers, new),
         answer_format=answer_format,
+        training_prompts=False,
     )
     results = build_results(records, settings)
     write_reports(out, results)
@@ -210,16 +229,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default: outputs/eval/<model>-<data>-<split>)"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default: 8)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="prompts per generate call (default: 8); the benchmarks answer one at a time: 1 removes the left-padding "
+        "noise of the HF engine",
+    )
+    lengths = ", ".join(f"{name} {protocol.max_new_tokens}" for name, protocol in PROTOCOLS.items())
     parser.add_argument(
         "--max-new-tokens",
         type=int,
         default=None,
-        help=f"answer length cap in tokens (default: {REASONMAP_MAX_NEW_TOKENS} for ReasonMap rows, as the benchmark; "
-        f"{DEFAULT_MAX_NEW_TOKENS} otherwise)",
+        help=f"answer length cap in tokens (default: the benchmark's own, {lengths})",
     )
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: 1.0)")
+    checkpoint = "default: the model's generation_config.json, as the benchmarks' generate uses it"
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help=f"sampling temperature, 0 = greedy ({checkpoint}: greedy unless it sets do_sample); top-k 1 is greedy",
+    )
+    parser.add_argument("--top-p", type=float, default=None, help=f"nucleus sampling threshold ({checkpoint})")
+    parser.add_argument("--top-k", type=int, default=None, help=f"top-k sampling, 0 = off ({checkpoint})")
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=None, help=f"repetition penalty, 1 = off ({checkpoint})"
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     parser.add_argument(
         "--min-pixels", type=int, default=MIN_PIXELS, help=f"image budget floor (default {MIN_PIXELS})"
@@ -248,23 +283,24 @@ def _generate(args: argparse.Namespace, dataset: MapDataset, common: Mapping) ->
     from rewardmap.models.loading import load_processor
 
     rows = dataset.head(args.limit) if args.limit else dataset
+    protocols = protocols_of(dataset.rows)
     max_new_tokens = args.max_new_tokens
     if max_new_tokens is None:
-        reasonmap = any(is_reasonmap_row(row) for row in dataset.rows)
-        max_new_tokens = REASONMAP_MAX_NEW_TOKENS if reasonmap else DEFAULT_MAX_NEW_TOKENS
+        max_new_tokens = max(protocol.max_new_tokens for protocol in protocols.values())
     out = args.out or Path("outputs/eval") / f"{Path(args.model).name}-{Path(args.data).name}-{args.split}"
-    sampling = Sampling(max_tokens=max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    settings = {
-        "model": str(Path(args.model).resolve()),
-        **common,
+    overrides = {key: getattr(args, key) for key in DECODING_FLAGS}
+    sampling, decoding = resolve_decoding(args.model, overrides, max_tokens=max_new_tokens, seed=args.seed)
+    protocol = {
+        "benchmarks": {name: protocol.source for name, protocol in protocols.items()},
+        "prompt_format": {name: protocol.prompt_format for name, protocol in protocols.items()},
         "engine": args.engine,
+        "batch_size": args.batch_size,
         "max_new_tokens": max_new_tokens,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "seed": args.seed,
+        "decoding": decoding,
         "min_pixels": args.min_pixels,
         "max_pixels": args.max_pixels,
     }
+    settings = {"model": str(Path(args.model).resolve()), **common, "protocol": protocol}
     processor = load_processor(args.model, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
 
     def image_fn(row: Mapping) -> Image.Image:

@@ -8,16 +8,17 @@ get the gradient of the global sum.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from rewardmap.config import RewardMapConfig
-from rewardmap.distributed import World, all_reduce_sum, local, shard_model
-from rewardmap.models.loading import resolve_dtype
+from rewardmap.distributed import World, local
 
 
 class TrainBackend(Protocol):
@@ -28,7 +29,8 @@ class TrainBackend(Protocol):
     def backward(self, loss: torch.Tensor) -> None: ...
 
     def step(self, max_grad_norm: float) -> float:
-        """Clips the gradient norm, takes one optimizer step, clears gradients; returns the norm before clipping."""
+        """Clips the gradient norm, takes one optimizer step, clears gradients; returns the norm before clipping.
+        A norm that is not finite (the same on every rank) takes no step: the gradients are only cleared."""
         ...
 
     def set_lr(self, lr: float) -> None: ...
@@ -43,13 +45,12 @@ class TrainBackend(Protocol):
 
 
 class FSDP2Backend:
-    """FSDP2 shards (fp32 master weights, compute in model.dtype) and AdamW over them; checkpoints through DCP."""
+    """AdamW over the FSDP2 shards of a policy sharded by `shard_model` (fp32 master weights, compute in model.dtype);
+    checkpoints through DCP."""
 
     def __init__(self, model: torch.nn.Module, config: RewardMapConfig, world: World) -> None:
         self.device = world.device
-        self.model = shard_model(
-            model, compute_dtype=compute_dtype(config, world), cpu_offload=config.trainer.cpu_offload
-        )
+        self.model = model
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=config.trainer.lr,
@@ -63,11 +64,16 @@ class FSDP2Backend:
         loss.backward()
 
     def step(self, max_grad_norm: float) -> float:
-        # The norm is summed in fp64 over each rank's shard: torch's fp32 norm on CPU accumulates in one float, so its
-        # result would depend on how the gradients are sharded (pytorch/pytorch#169237).
+        # The squares are summed in fp64 over each rank's shard: torch's fp32 norm on CPU accumulates in one float, so
+        # its result would depend on how the gradients are sharded (pytorch/pytorch#169237). The per-tensor sums stay
+        # on the device and meet in one all-reduce: one host synchronisation per step, not one per parameter.
         grads = [p.grad for p in self.model.parameters() if p.requires_grad and p.grad is not None]
-        squares = sum(float(local(g).double().square().sum()) for g in grads)
-        grad_norm = all_reduce_sum([squares], self.device)[0] ** 0.5
+        squares = torch.stack([local(g).double().square().sum() for g in grads]).sum().to(self.device)
+        dist.all_reduce(squares)
+        grad_norm = squares.item() ** 0.5
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return grad_norm
         if grad_norm > max_grad_norm:
             for grad in grads:
                 grad.mul_(max_grad_norm / (grad_norm + 1e-6))
@@ -96,13 +102,9 @@ class FSDP2Backend:
         )
 
 
-def compute_dtype(config: RewardMapConfig, world: World) -> torch.dtype:
-    """model.dtype as the forward/backward dtype: auto is bf16 on GPU and fp32 on CPU."""
-    return resolve_dtype(None if config.model.dtype == "auto" else config.model.dtype, world.device)
-
-
 def build_backend(model: torch.nn.Module, config: RewardMapConfig, world: World) -> TrainBackend:
-    """The backend named by trainer.backend around `model` (fp32 weights, on the world's device)."""
+    """The backend named by trainer.backend around `model` (fp32 weights: FSDP2-sharded for fsdp2, whole on the
+    world's device for deepspeed)."""
     if config.trainer.backend == "deepspeed":
         from rewardmap.grpo.zero import DeepSpeedBackend
 

@@ -12,20 +12,22 @@ import torch
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6, std_norm: bool = True) -> torch.Tensor:
-    """(B,) rewards, consecutive groups of `group_size` rollouts of one prompt -> (B,) (r - mean) / (std + eps).
+    """(B,) rewards, consecutive groups of `group_size` rollouts of one prompt -> (B,) fp32 (r - mean) / (std + eps).
 
-    std is the unbiased sample std, as released; a group whose rewards are all equal gets zero advantage. With
-    `std_norm=False` the advantage is r - mean (Dr.GRPO, https://arxiv.org/abs/2503.20783: the std division
-    up-weights groups that are almost all right or all wrong).
+    std is the unbiased sample std, as released. The statistics are taken in fp64, and a group whose rewards are all
+    equal gets exactly zero advantage: in fp32 the mean of equal weighted rewards (x 1.2, x 1.5) can be off in its last
+    bit, which dividing by a std of ~1e-7 + eps would blow up to advantages near 1. With `std_norm=False` the advantage
+    is r - mean (Dr.GRPO, https://arxiv.org/abs/2503.20783: the std division up-weights groups that are almost all
+    right or all wrong).
     """
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of {group_size}")
-    groups = rewards.float().view(-1, group_size)
-    mean = groups.mean(dim=1, keepdim=True)
-    if not std_norm:
-        return (groups - mean).view(-1)
-    std = groups.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(mean)
-    return ((groups - mean) / (std + eps)).view(-1)
+    groups = rewards.double().view(-1, group_size)
+    centred = groups - groups.mean(dim=1, keepdim=True)
+    if std_norm and group_size > 1:
+        centred = centred / (groups.std(dim=1, keepdim=True) + eps)
+    equal = groups.amax(dim=1, keepdim=True) == groups.amin(dim=1, keepdim=True)
+    return centred.masked_fill(equal, 0.0).float().view(-1)
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "low_var_kl") -> torch.Tensor:
@@ -77,11 +79,12 @@ def clipped_policy_loss(
     """PPO's clipped surrogate per token: (B, T) log-probs, (B,) advantages -> ((B, T) loss, (B, T) clipped flags).
 
     The ratio is per token, or per sequence (`level="sequence"`, GSPO; needs `mask`); clip_ratio_high above
-    clip_ratio_low is DAPO's clip-higher (https://arxiv.org/abs/2503.14476).
+    clip_ratio_low is DAPO's clip-higher (https://arxiv.org/abs/2503.14476). Its log is clamped to [-20, 20] before
+    `exp`, as the KL's is: one far-off token would otherwise overflow to inf (exp(89) in fp32) and turn the loss and
+    the gradients into NaN even where the clip holds the ratio (e^20 is already far outside any clip range).
     """
-    ratio = torch.exp(
-        log_ratio(logprobs, old_logprobs, mask if mask is not None else torch.ones_like(logprobs), level)
-    )
+    log_ratios = log_ratio(logprobs, old_logprobs, mask if mask is not None else torch.ones_like(logprobs), level)
+    ratio = torch.exp(log_ratios.clamp(min=-20.0, max=20.0))
     adv = advantages.unsqueeze(-1)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_ratio_low, 1.0 + clip_ratio_high)

@@ -5,22 +5,32 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from PIL import Image
+from transformers import AutoConfig
 
 from rewardmap.config import DataConfig, RewardMapConfig
 from rewardmap.data.curriculum import CurriculumStream
 from rewardmap.data.images import load_image
 from rewardmap.data.loading import MapDataset, load_rows
 from rewardmap.data.prompts import prompt_tensors, render_prompt
-from rewardmap.distributed import World, shard_model
+from rewardmap.distributed import World, fill_from_rank0, shard_model
 from rewardmap.errors import InputError
-from rewardmap.grpo.backend import TrainBackend, build_backend, compute_dtype
-from rewardmap.models.loading import load_policy, load_processor, load_reference
+from rewardmap.grpo.backend import TrainBackend, build_backend
+from rewardmap.models.loading import (
+    check_model_dir,
+    compute_dtype,
+    empty_policy,
+    freeze,
+    load_policy,
+    load_processor,
+    resolve_attention,
+)
 from rewardmap.models.lora import apply_lora, reference_policy
+from rewardmap.models.shared_prefix import shared_prefix_group
 from rewardmap.rollout import VLLM_DTYPES, RolloutEngine, build_engine
 
 logger = logging.getLogger(__name__)
@@ -54,6 +64,10 @@ class Components:
     """Held-out rows validated every trainer.val_freq steps (empty: no validation)."""
     val_root: Path | None
     """Where the held-out rows' relative figure paths resolve."""
+    attention: dict[str, str]
+    """Each model part's attention implementation, {"text": ..., "vision": ...}, as resolved for this run."""
+    group_size: int
+    """Completions per forward sequence: rollout.n when each group's prompt runs once (model.shared_prefix), else 1."""
 
     @property
     def model(self) -> torch.nn.Module:
@@ -62,6 +76,18 @@ class Components:
     @property
     def pad_id(self) -> int:
         return self.processor.tokenizer.pad_token_id
+
+    def resolved_config(self) -> RewardMapConfig:
+        """The run's config with each part's attention and the shared prefix as resolved (logged once, here)."""
+        logger.info(
+            "attention: language model %s, vision tower %s; shared prefix: %d completion(s) per forward sequence",
+            self.attention["text"],
+            self.attention["vision"],
+            self.group_size,
+        )
+        shared = "on" if self.group_size > 1 else "off"
+        model = replace(self.config.model, attn_implementation=self.attention, shared_prefix=shared)
+        return replace(self.config, model=model)
 
     def prompts_and_images(self, rows: Sequence[dict]) -> tuple[list[str], list[Image.Image]]:
         """Rendered chat prompts (the one prompt builder) and the rows' images."""
@@ -130,27 +156,8 @@ def build_components(config: RewardMapConfig, world: World) -> Components:
         )
     if config.rollout.engine == "vllm":
         check_vllm_world(config, world)
-    torch.manual_seed(config.trainer.seed)
-    attn = None if cfg_model.attn_implementation == "auto" else cfg_model.attn_implementation
-    model = load_policy(
-        cfg_model.path,
-        device=world.device,
-        dtype=torch.float32,
-        attn_implementation=attn,
-        gradient_checkpointing=cfg_model.gradient_checkpointing,
-    )
-    frozen_reference = None
-    if cfg_model.lora_rank > 0:
-        model = apply_lora(
-            model, rank=cfg_model.lora_rank, alpha=cfg_model.lora_alpha, target_modules=cfg_model.lora_target_modules
-        )
-    elif config.algorithm.kl_coef > 0:
-        frozen_reference = load_reference(
-            cfg_model.path, device=world.device, dtype=torch.float32, attn_implementation=attn
-        )
-        shard_model(
-            frozen_reference, compute_dtype=compute_dtype(config, world), cpu_offload=config.trainer.cpu_offload
-        )
+    attention, group_size = resolve_attention_and_group(config, world.device)
+    model, frozen_reference = load_models(config, world, attention)
     processor = load_processor(cfg_model.path, min_pixels=cfg_data.min_pixels, max_pixels=cfg_data.max_pixels)
     backend = build_backend(model, config, world)
     rows = load_rows(cfg_data.train_files, split=cfg_data.train_split, on_bad_row=cfg_data.on_bad_row)
@@ -177,4 +184,78 @@ def build_components(config: RewardMapConfig, world: World) -> Components:
         model_path=cfg_model.path,
         vllm_options=vllm_options(config),
     )
-    return Components(config, world, backend, processor, engine, rows, stream, frozen_reference, val_rows, val_root)
+    return Components(
+        config,
+        world,
+        backend,
+        processor,
+        engine,
+        rows,
+        stream,
+        frozen_reference,
+        val_rows,
+        val_root,
+        attention,
+        group_size,
+    )
+
+
+def resolve_attention_and_group(config: RewardMapConfig, device: torch.device) -> tuple[dict[str, str], int]:
+    """Each model part's attention and the completions per forward sequence (rollout.n with the shared prefix, else
+    1) that model.attn_implementation and model.shared_prefix resolve to on `device` (from the model's config.json)."""
+    cfg = config.model
+    shares_prefix = config.rollout.n > 1 and cfg.shared_prefix != "off"
+    attention = resolve_attention(cfg.attn_implementation, device, shares_prefix)
+    text = AutoConfig.from_pretrained(check_model_dir(cfg.path)).get_text_config()
+    text._attn_implementation = attention["text"]
+    return attention, shared_prefix_group(cfg.shared_prefix, text, config.rollout.n)
+
+
+def load_models(
+    config: RewardMapConfig, world: World, attention: dict[str, str]
+) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The policy (fp32 master weights; FSDP2-sharded unless DeepSpeed takes it) and the frozen reference (compute
+    dtype, sharded; None under LoRA, whose reference is the policy with adapters off, or without a KL term).
+
+    FSDP2: rank 0 alone reads the checkpoint, into host memory in its own dtype; every rank builds the models on the
+    meta device, shards them and receives its shards from rank 0, so no rank holds a whole model on its device and
+    only rank 0 one in host memory (instead of two full fp32 copies per rank). DeepSpeed's engine takes the policy
+    whole on every rank (ZeRO-3 partitions it then), as before.
+    """
+    cfg, lora = config.model, config.model.lora_rank > 0
+    dtype, offload = compute_dtype(cfg.dtype, world.device), config.trainer.cpu_offload
+    whole = config.trainer.backend == "deepspeed"
+    torch.manual_seed(config.trainer.seed)  # LoRA's initial adapters
+    source = None
+    if whole or world.is_main:
+        source = load_policy(
+            cfg.path,
+            device=world.device if whole else "cpu",
+            dtype=torch.float32 if whole or lora else "auto",  # adapters are made in the weights' dtype
+            attn_implementation=attention,
+            gradient_checkpointing=whole and cfg.gradient_checkpointing,
+        )
+        if lora:
+            source = apply_lora(
+                source, rank=cfg.lora_rank, alpha=cfg.lora_alpha, target_modules=cfg.lora_target_modules
+            )
+    policy = source
+    if not whole:
+        policy = empty_policy(
+            cfg.path,
+            dtype=torch.float32,
+            attn_implementation=attention,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+        )
+        if lora:
+            policy = apply_lora(
+                policy, rank=cfg.lora_rank, alpha=cfg.lora_alpha, target_modules=cfg.lora_target_modules
+            )
+        shard_model(policy, compute_dtype=dtype, cpu_offload=offload)
+        fill_from_rank0(policy, source, world.device, cpu_offload=offload)
+    reference = None
+    if config.algorithm.kl_coef > 0 and not lora:
+        reference = freeze(empty_policy(cfg.path, dtype=dtype, attn_implementation=attention))
+        shard_model(reference, compute_dtype=dtype, cpu_offload=offload, frozen=True)
+        fill_from_rank0(reference, source if world.is_main else None, world.device, cpu_offload=offload)
+    return policy, reference

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,10 +21,9 @@ from tqdm import tqdm
 
 from rewardmap.config import RewardMapConfig, TrainerConfig, config_to_yaml
 from rewardmap.distributed import World, all_gather_lists, all_reduce_sum
-from rewardmap.eval.report import summarize
-from rewardmap.eval.runner import evaluate_rows
 from rewardmap.grpo import checkpoint
-from rewardmap.grpo.batching import Group, TrainBatch, completion_tensors, logprob_tensor, update_shards
+from rewardmap.grpo.batching import Group, TrainBatch, completion_tensors, logprob_tensor, update_shards, whole_batch
+from rewardmap.grpo.faults import StepBoundary
 from rewardmap.grpo.losses import (
     aggregate,
     clipped_policy_loss,
@@ -35,9 +35,11 @@ from rewardmap.grpo.losses import (
     truncated_is_weights,
 )
 from rewardmap.grpo.metrics import MetricsLogger, group_metrics, reward_metrics
-from rewardmap.grpo.setup import Components, build_components, row_image
+from rewardmap.grpo.samples import step_samples
+from rewardmap.grpo.setup import Components, build_components
+from rewardmap.grpo.validation import validate
 from rewardmap.models.logprobs import completion_logprobs
-from rewardmap.models.shared_prefix import micro_batches, shared_prefix_group
+from rewardmap.models.shared_prefix import micro_batches
 from rewardmap.reward import score_batch
 from rewardmap.rollout import Sampling, prompt_seed
 
@@ -55,20 +57,20 @@ class GRPOTrainer:
         self.world = world
         self.run_dir = Path(config.trainer.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if world.is_main:
-            (self.run_dir / "config.yaml").write_text(config_to_yaml(config))
+        self.metrics = MetricsLogger(self.run_dir, config, enabled=self.is_main)  # trackers start before the models
         self.parts: Components = build_components(config, world)
         # Completions per forward sequence: rollout.n when each group's prompt runs once (model.shared_prefix).
-        self.group_size = shared_prefix_group(config.model.shared_prefix, self.parts.model, config.rollout.n)
+        self.group_size = self.parts.group_size
+        if world.is_main:
+            (self.run_dir / "config.yaml").write_text(config_to_yaml(self.parts.resolved_config()))
         self.step_count = 0
-        self.metrics = MetricsLogger(self.run_dir, tensorboard=config.trainer.tensorboard, enabled=self.is_main)
 
     @property
     def is_main(self) -> bool:
         return self.world.is_main
 
     def fit(self) -> Path:
-        """Train until the curriculum (or trainer.max_steps) is done; returns the final checkpoint directory."""
+        """Train until the curriculum (or trainer.max_steps) is done or StepBoundary stops it; the last checkpoint."""
         cfg = self.config.trainer
         resumed = checkpoint.resolve_resume(cfg.resume, self.run_dir)
         if resumed is not None:
@@ -78,7 +80,9 @@ class GRPOTrainer:
             logger.info("resumed from %s at step %d", resumed, self.step_count)
         total = len(self.parts.stream) if cfg.max_steps is None else min(cfg.max_steps, len(self.parts.stream))
         last = resumed
-        with tqdm(total=total, initial=self.step_count, desc="GRPO", disable=not self.is_main) as bar:
+        boundary = StepBoundary(cfg, self.world, self.run_dir, self.step_count, self.parts.backend)
+        bar = tqdm(total=total, initial=self.step_count, desc="GRPO", disable=not self.is_main)
+        with boundary, contextlib.closing(self.metrics), bar:
             while self.step_count < total:
                 stage, indices = self.parts.stream.next_batch()
                 metrics = self.step(stage, indices)
@@ -88,9 +92,8 @@ class GRPOTrainer:
                 self.metrics.log(self.step_count, metrics)
                 bar.update(1)
                 bar.set_postfix(stage=stage + 1, reward=f"{metrics['reward/mean']:.2f}")
-                if self.step_count % cfg.save_freq == 0 or self.step_count == total:
-                    last = self.save()
-        self.metrics.close()
+                due = self.step_count % cfg.save_freq == 0 or self.step_count == total
+                last = boundary.after(self.step_count, stage, metrics, due, self.save) or last
         return last if last is not None else self.save()
 
     def save(self) -> Path:
@@ -107,30 +110,8 @@ class GRPOTrainer:
         )
 
     def validate(self) -> dict[str, float]:
-        """Greedy answers on the held-out rows, each rank answering its share, scored with the evaluation code."""
-        parts, world, start = self.parts, self.world, time.perf_counter()
-        parts.engine.sync_weights(parts.model)
-        indices = whole_batch(list(range(len(parts.val_rows))), world.size)
-        mine = indices[world.shard(indices, "validation rows")]
-        answered = evaluate_rows(
-            parts.engine,
-            parts.processor,
-            [parts.val_rows[i] for i in mine],
-            sampling=Sampling(max_tokens=self.config.data.max_response_length, temperature=0.0),
-            batch_size=self.config.data.prompts_per_step,
-            image_fn=lambda row: row_image(row, parts.val_root, self.config.data),
-            progress=False,
-        )
-        # Every rank's records, each held-out answer once (the padding repeats a few rows).
-        tagged = all_gather_lists([((mine[r["index"]], r.get("question")), r) for r in answered])
-        records = list(dict(tagged).values())
-        summary = summarize(records)
-        metrics = {
-            "val/accuracy": summary["overall"]["plain"],
-            "val/accuracy_weighted": summary["overall"]["weighted"],
-        }
-        metrics.update({f"val/{name}/accuracy": block["plain"] for name, block in summary["types"].items()})
-        return {**metrics, "timing/validation_s": time.perf_counter() - start}
+        """Greedy answers on the held-out rows, scored with the evaluation code (`validation.py`); val/ metrics."""
+        return validate(self.config, self.parts, self.world, self.metrics, self.step_count)
 
     def step(self, stage: int, indices: list[int]) -> dict[str, float]:
         """One GRPO step on the rows `indices` (the whole world's batch) of curriculum stage `stage`; its metrics."""
@@ -153,6 +134,7 @@ class GRPOTrainer:
             if len(kept) >= len(batch):
                 break
         kept = kept[: len(batch)]
+        parts.engine.sleep()  # its device memory goes to the reference pass and the update until the next sync
         if not kept:
             logger.warning(
                 "step %d: every group's rewards are equal after %d rounds; no update",
@@ -160,8 +142,10 @@ class GRPOTrainer:
                 round_number + 1,
             )
 
-        # 3-5. Reference log-probs, old log-probs when needed, and the optimizer steps, on this rank's share.
-        stats = self.train_on(kept, timings)
+        # 3-5. Reference log-probs, old log-probs when needed, and the optimizer steps, on this rank's share; none when
+        # the engine's log-probs are not finite (a policy gone NaN), which counts as a non-finite step.
+        nonfinite = sum(not all(map(math.isfinite, c.logprobs)) for group in kept for c in group.completions)
+        stats = {"optim/updates": 0.0, "optim/nonfinite_skipped": 1.0} if nonfinite else self.train_on(kept, timings)
 
         # 6. Metrics of the whole world's batch (every rank has every group; the main rank logs them).
         generated_rows = [parts.rows[g.row] for g in generated]
@@ -174,6 +158,7 @@ class GRPOTrainer:
         if cfg.reward.overlong_buffer:
             penalties = [r - s.total for g in generated for r, s in zip(g.rewards, g.scores, strict=True)]
             options["reward/overlong_penalty_mean"] = sum(penalties) / len(penalties)
+        self.metrics.log_samples("samples", step_samples(cfg, parts, generated, kept, stage, self.step_count + 1))
         return {
             **reward_metrics([s for g in generated for s in g.scores], generated_rows, cfg.rollout.n, stage),
             **group_metrics(generated, generated_rows),
@@ -184,6 +169,7 @@ class GRPOTrainer:
             "batch/sequences_per_rank": float(len(completions) // world.size),
             "response/length_mean": tokens / max(len(completions), 1),
             "response/finished_fraction": sum(c.finished for c in completions) / max(len(completions), 1),
+            "rollout/nonfinite_logprobs": float(nonfinite),
             "optim/lr": learning_rate(cfg.trainer, self.step_count),
             **{f"timing/{name}_s": value for name, value in timings.items()},
             "timing/step_s": seconds,
@@ -354,6 +340,8 @@ class GRPOTrainer:
             if entropy is not None:
                 per_token = per_token - algo.entropy_coef * entropy
             loss = aggregate(per_token, mask, algo.loss_agg, normalizer)
+            if not math.isfinite(loss.item()):  # a NaN gradient too (else it could be finite), so the step is skipped
+                loss = loss * math.nan
             parts.backend.backward(loss * world.size)  # backends average gradients over ranks; we want their sum
             share = mask.sum().item() / max(tokens, 1.0)
             ratio = torch.exp(log_ratio(logprobs.detach(), old, mask, algo.importance_level))
@@ -370,6 +358,7 @@ class GRPOTrainer:
         grad_norm = parts.backend.step(cfg.trainer.max_grad_norm)
         summed = all_reduce_sum(list(totals.values()), world.device)
         stats = {**dict(zip(totals, summed, strict=True)), "optim/grad_norm": grad_norm}
+        stats["optim/nonfinite_skipped"] = float(not math.isfinite(grad_norm))  # then the backend took no step
         if correcting:
             stats["rollout_is/weight_max"] = max(all_gather_lists([weight_max]))
         return stats
@@ -379,12 +368,6 @@ def learning_rate(trainer: TrainerConfig, step: int) -> float:
     """Linear warm-up over trainer.warmup_steps, then constant (the released schedule)."""
     scale = min(1.0, (step + 1) / trainer.warmup_steps) if trainer.warmup_steps else 1.0
     return trainer.lr * scale
-
-
-def whole_batch(indices: list[int], world_size: int) -> list[int]:
-    """`indices` padded with its own first rows to a multiple of the world size (a stage's last, partial batch)."""
-    missing = -len(indices) % world_size
-    return indices + [indices[i % len(indices)] for i in range(missing)]
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import torch
 from rewardmap.config import RewardMapConfig
 from rewardmap.distributed import World
 from rewardmap.errors import InputError
-from rewardmap.grpo.backend import compute_dtype
+from rewardmap.models.loading import compute_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class DeepSpeedBackend:
 
         self.max_grad_norm = config.trainer.max_grad_norm
         self.world = world
-        dtype = compute_dtype(config, world)
+        dtype = compute_dtype(config.model.dtype, world.device)
         self.engine, *_ = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -96,6 +96,8 @@ class DeepSpeedBackend:
 
     def step(self, max_grad_norm: float) -> float:
         assert max_grad_norm == self.max_grad_norm, "DeepSpeed clips at the norm its engine was built with"
+        # ZeRO-2/3 skip a step whose global gradient norm is inf or NaN themselves (clearing the gradients; bf16's
+        # check_grad_overflow is on by default) and then report the norm as inf.
         self.engine.step()
         return float(self.engine.get_global_grad_norm())
 

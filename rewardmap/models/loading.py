@@ -3,12 +3,21 @@
 import importlib.util
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    GenerationConfig,
+    PreTrainedModel,
+    ProcessorMixin,
+)
 
 from rewardmap.errors import InputError
+from rewardmap.models.vision_attention import batch_vision_windows
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +30,8 @@ DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
 }
+ATTENTION_PARTS = ("text", "vision")
+"""The parts of a Qwen2.5-VL whose attention is chosen apart: the language model and the vision tower."""
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
@@ -71,13 +82,49 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
     return DTYPES[dtype]
 
 
-def resolve_attn_implementation(requested: str | None, device: torch.device) -> str:
-    """An explicit choice wins; else flash_attention_2 on CUDA when flash_attn is importable, else sdpa."""
-    if requested is not None:
-        return requested
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+def compute_dtype(model_dtype: str, device: torch.device) -> torch.dtype:
+    """model.dtype as the forward/backward dtype of both training backends and the reference: auto is bf16 on GPU
+    and fp32 on CPU."""
+    return resolve_dtype(None if model_dtype == "auto" else model_dtype, device)
+
+
+def flash_attn_available(device: torch.device) -> bool:
+    """flash_attention_2 can run: a CUDA device and the flash_attn package importable."""
+    return device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+
+
+def resolve_attention(requested: str | Mapping[str, str], device: torch.device, shares_prefix: bool) -> dict[str, str]:
+    """Each part's attention, {"text": ..., "vision": ...}, from model.attn_implementation (one value or per part).
+
+    auto resolves per part: the vision tower takes flash_attention_2 where it can run (its windows in one varlen
+    call), else sdpa; the language model takes sdpa whenever the shared prefix can run (`shares_prefix`: its mask
+    needs sdpa, and it saves more than flash attention gains), else flash_attention_2 where it can run, else sdpa.
+    """
+    parts = dict.fromkeys(ATTENTION_PARTS, requested) if isinstance(requested, str) else dict(requested)
+    flash = flash_attn_available(device)
+    if parts.get("vision", "auto") == "auto":
+        parts["vision"] = "flash_attention_2" if flash else "sdpa"
+    if parts.get("text", "auto") == "auto":
+        parts["text"] = "flash_attention_2" if flash and not shares_prefix else "sdpa"
+    return parts
+
+
+def _hf_attention(attention: str | Mapping[str, str] | None, device: torch.device) -> dict[str, str]:
+    """transformers' per-sub-config attention argument for `attention` (None: auto, no shared prefix)."""
+    parts = resolve_attention("auto" if attention is None else attention, device, shares_prefix=False)
+    return {"": parts["text"], "text_config": parts["text"], "vision_config": parts["vision"]}
+
+
+def _ready(model: PreTrainedModel, gradient_checkpointing: bool) -> PreTrainedModel:
+    """`model` in train mode, gradient checkpointing on if asked, the vision windows batched under sdpa."""
+    if model.config.vision_config._attn_implementation == "sdpa":
+        batch_vision_windows(model)
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing also works when only LoRA adapters (not the inputs) require grad.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model.train()
+    return model
 
 
 def load_policy(
@@ -85,23 +132,44 @@ def load_policy(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
-    attn_implementation: str | None = None,
+    attn_implementation: str | Mapping[str, str] | None = None,
     gradient_checkpointing: bool = False,
 ) -> PreTrainedModel:
-    """The trainable policy in train mode on `device` (default: CUDA if present), weights in `dtype`."""
+    """The trainable policy in train mode on `device` (default: CUDA if present), weights in `dtype` ("auto": the
+    checkpoint's own).
+
+    attn_implementation: one value for every part or {"text": ..., "vision": ...} (auto or None: see
+    `resolve_attention`).
+    """
     path = check_model_dir(model_dir)
     target = torch.device(device) if device is not None else default_device()
-    torch_dtype = resolve_dtype(dtype, target)
-    attn = resolve_attn_implementation(attn_implementation, target)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, attn_implementation=attn)
+    torch_dtype = "auto" if dtype == "auto" else resolve_dtype(dtype, target)
+    attention = _hf_attention(attn_implementation, target)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch_dtype, attn_implementation=attention)
     model.to(target)
-    if gradient_checkpointing:
-        # Non-reentrant checkpointing also works when only LoRA adapters (not the inputs) require grad.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    model.train()
-    logger.info("loaded policy %s (%s, %s, %s) on %s", path, type(model).__name__, torch_dtype, attn, target)
-    return model
+    logger.info("loaded policy %s (%s, %s, %s) on %s", path, type(model).__name__, torch_dtype, attention, target)
+    return _ready(model, gradient_checkpointing)
+
+
+def empty_policy(
+    model_dir: str | Path,
+    *,
+    dtype: torch.dtype | str,
+    attn_implementation: str | Mapping[str, str],
+    gradient_checkpointing: bool = False,
+) -> PreTrainedModel:
+    """The policy's structure on the meta device, no weights read (a sharded run fills its shards from rank 0)."""
+    path = check_model_dir(model_dir)
+    attention = _hf_attention(attn_implementation, torch.device("meta"))
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(
+            AutoConfig.from_pretrained(path),
+            dtype=resolve_dtype(dtype, torch.device("meta")),
+            attn_implementation=attention,
+        )
+    if (path / "generation_config.json").is_file():  # what from_pretrained reads beside the weights
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    return _ready(model, gradient_checkpointing)
 
 
 def load_reference(
@@ -109,10 +177,15 @@ def load_reference(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
-    attn_implementation: str | None = None,
+    attn_implementation: str | Mapping[str, str] | None = None,
 ) -> PreTrainedModel:
     """A frozen copy of the model for the KL term: eval mode, no parameter requires grad."""
     model = load_policy(model_dir, device=device, dtype=dtype, attn_implementation=attn_implementation)
+    return freeze(model)
+
+
+def freeze(model: PreTrainedModel) -> PreTrainedModel:
+    """`model` in eval mode with no parameter requiring grad (the frozen reference)."""
     model.eval()
     model.requires_grad_(False)
     return model

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.attention.bias import causal_lower_right
+from transformers import PretrainedConfig
 
 from rewardmap.errors import InputError
 
@@ -98,12 +99,13 @@ def micro_batches(rows: int, micro_batch_size: int, group_size: int = 1) -> list
     return [slice(start, start + size) for start in range(0, rows, size)]
 
 
-def shared_prefix_group(setting: str, model: torch.nn.Module, n: int) -> int:
-    """Completions per forward sequence for model.shared_prefix `setting` with rollout.n = n: n when the prompt is
-    shared (on; auto where supported), 1 otherwise. Raises InputError for `on` where sharing is not supported."""
+def shared_prefix_group(setting: str, text_config: PretrainedConfig, n: int) -> int:
+    """Completions per forward sequence for model.shared_prefix `setting` with rollout.n = n, for a language model
+    of `text_config` (its attention implementation set): n when the prompt is shared (on; auto where supported), 1
+    otherwise. Raises InputError for `on` where sharing is not supported."""
     if setting == "off" or n == 1:
         return 1
-    reason = _unsupported_reason(model)
+    reason = _unsupported_reason(text_config)
     if reason is None:
         return n
     if setting == "on":
@@ -111,17 +113,13 @@ def shared_prefix_group(setting: str, model: torch.nn.Module, n: int) -> int:
     return 1
 
 
-def _unsupported_reason(model: torch.nn.Module) -> str | None:
-    """Why the shared-prefix forward cannot run on `model` (a Qwen2.5-VL, possibly wrapped), or None when it can."""
-    decoder = next((m for m in model.modules() if hasattr(m, "get_rope_index")), None)
-    if decoder is None:
-        return f"{type(model).__name__} has no Qwen2.5-VL module with get_rope_index"
-    text = decoder.config.get_text_config()
-    if text._attn_implementation != "sdpa":
+def _unsupported_reason(text_config: PretrainedConfig) -> str | None:
+    """Why the shared-prefix forward cannot run on a language model of `text_config`, or None when it can."""
+    if text_config._attn_implementation != "sdpa":
         return (
-            f"the model's attention is {text._attn_implementation!r} and the block mask needs sdpa "
-            "(set model.attn_implementation=sdpa)"
+            f"the language model's attention is {text_config._attn_implementation!r} and the block mask needs sdpa "
+            "(set model.attn_implementation={text: sdpa} or sdpa)"
         )
-    if set(text.layer_types) != {"full_attention"}:
-        return f"the model has {sorted(set(text.layer_types))} layers; only full-attention layers are supported"
+    if set(text_config.layer_types) != {"full_attention"}:
+        return f"the model has {sorted(set(text_config.layer_types))} layers; only full-attention layers are supported"
     return None

