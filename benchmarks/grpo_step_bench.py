@@ -324,8 +324,9 @@ def summarize(recorder: Recorder, warmup: int = 1) -> dict[str, dict[str, float]
     }
 
 
-def report(medians: dict, agreement: dict, lengths: dict, args: argparse.Namespace) -> str:
-    """The printed table: seconds per step and ratio, phases of each side, loss agreement, completion lengths."""
+def report(medians: dict, agreement: dict, lengths: dict, args: argparse.Namespace, load: tuple[float, float]) -> str:
+    """The printed table: seconds per step and ratio, phases of each side, loss agreement, completion lengths, and the
+    machine's 1-minute load average when the run started and ended (other jobs slow both sides alike)."""
     trl = medians["trl"]["step"]
     lines = [
         f"GRPO step, median of {args.steps} timed steps after 1 warm-up ({args.prompts} prompts x {args.n}"
@@ -341,6 +342,7 @@ def report(medians: dict, agreement: dict, lengths: dict, args: argparse.Namespa
     )
     lines.append("  " + "  ".join(f"{k}={v:.4e}" for k, v in agreement.items()))
     lines.append("completion lengths: " + "  ".join(f"{k}={sorted(v)}" for k, v in lengths.items()))
+    lines.append(f"load average (1 min): {load[0]:.2f} at the start, {load[1]:.2f} at the end")
     return "\n".join(lines)
 
 
@@ -352,6 +354,7 @@ def trl_lengths(trainer) -> set[float]:
 
 def run_bench(args: argparse.Namespace, work: Path) -> str:
     """Builds the tiny model, data and the three trainers, runs the interleaved steps, returns the report."""
+    load_start = os.getloadavg()[0]
     from tqdm import tqdm
 
     model_dir, data_dir = work / "model", work / "data"
@@ -374,7 +377,7 @@ def run_bench(args: argparse.Namespace, work: Path) -> str:
         trl.add_callback(callback)
         trl.train()
     lengths = {**{k: v for k, v in recorder.lengths.items()}, "trl (min/max)": trl_lengths(trl)}
-    return report(summarize(recorder), callback.agreement, lengths, args)
+    return report(summarize(recorder), callback.agreement, lengths, args, (load_start, os.getloadavg()[0]))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
