@@ -3,7 +3,9 @@
 Run by `dp_bench.py` as `torchrun --standalone --nproc_per_node N benchmarks/dp_bench_worker.py --model-dir ...`.
 The main rank writes `result.json` (per-rank phase seconds and sequence counts of each step, the first step's loss,
 grad norm and sampled token ids) and `weights.pt` (the full weights before and after the first step, and the step's
-gradients before clipping).
+gradients before clipping). With --budget it instead times one batch's step under two placements in turn, today's
+(contiguous shares, --micro-batch-size) and balanced shares with --budget-token passes, and writes `result.json`
+(per placement and repeat, each rank's phase seconds and the step's balance and batch metrics).
 """
 
 import argparse
@@ -11,6 +13,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,6 +28,7 @@ from rewardmap.distributed import World, all_gather_lists, full_tensor, join_wor
 from rewardmap.grpo.trainer import GRPOTrainer  # noqa: E402
 
 PHASES = ("rollout", "reward", "ref_logprobs", "update", "step")
+PLACEMENT = ("balance/max_over_mean", "balance/rollout_max_over_mean", "batch/micro_batches_per_rank")
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
@@ -104,6 +108,32 @@ def run(args: argparse.Namespace, world: World) -> None:
         torch.save({"before": before, "grads": grads, "after": after}, args.out_dir / "weights.pt")
 
 
+def compare(args: argparse.Namespace, world: World) -> None:
+    """The first batch's step under today's placement and the balanced token-budget one, in turn (the order flips
+    each repeat; one warm-up repeat first), every completion --tokens long."""
+    trainer = GRPOTrainer(load_config(REPO / "configs" / "demo.yaml", overrides(args)), world)
+    trainer.parts.model.generation_config.min_new_tokens = args.tokens
+    stage, indices = trainer.parts.stream.next_batch()
+    base = trainer.config
+    sides = {
+        "today": replace(base.trainer, balance_batch=False, micro_batch_tokens=None),
+        "balanced": replace(base.trainer, balance_batch=True, micro_batch_tokens=args.budget),
+    }
+    runs: dict[str, list] = {name: [] for name in sides}
+    for repeat in range(args.repeats + 1):
+        for name in list(sides)[:: 1 if repeat % 2 else -1]:
+            trainer.config = replace(base, trainer=sides[name])
+            start = time.perf_counter()
+            metrics = trainer.step(stage, indices)
+            mine = {f"{p}_s": metrics.get(f"timing/{p}_s", 0.0) for p in PHASES}
+            mine |= {"wall_s": time.perf_counter() - start} | {key: metrics[key] for key in PLACEMENT}
+            ranks = all_gather_lists([mine])
+            if repeat:  # the first repeat warms up
+                runs[name].append(ranks)
+    if world.is_main:
+        (args.out_dir / "result.json").write_text(json.dumps({"world_size": world.size, "runs": runs}))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, required=True, help="the tiny model's directory")
@@ -115,10 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=24, help="response tokens (EOS suppressed until then)")
     parser.add_argument("--max-pixels", type=int, default=50176, help="data.max_pixels")
     parser.add_argument("--micro-batch-size", type=int, default=4, help="trainer.micro_batch_size")
+    parser.add_argument("--budget", type=int, default=None, help="compare placements, at this micro_batch_tokens")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per placement (with --budget)")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     with join_world() as world:
-        run(args, world)
+        (run if args.budget is None else compare)(args, world)
     return 0
 
 

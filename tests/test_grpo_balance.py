@@ -1,13 +1,15 @@
-"""Placement of a step's work: balanced equal-count shares (against brute force), token-budget micro-batches, and the
-update plan every rank follows (whole groups, the same passes everywhere, each group trained once)."""
+"""Placement of a step's work: balanced equal-count shares (against brute force), token-budget micro-batches, the
+update plan every rank follows (whole groups, the same passes everywhere, each group trained once), prompt lengths
+known before decoding, and token-budget passes that train exactly as one group at a time (tiny model, mixed maps)."""
 
 import itertools
 import random
+from dataclasses import replace
 
 import pytest
 import torch
 
-from rewardmap.config import TrainerConfig
+from rewardmap.config import TrainerConfig, load_config
 from rewardmap.distributed import World
 from rewardmap.grpo.balance import (
     balanced_shares,
@@ -17,7 +19,9 @@ from rewardmap.grpo.balance import (
     token_micro_batches,
 )
 from rewardmap.grpo.batching import Group, place_update, rollout_share
+from rewardmap.grpo.trainer import GRPOTrainer
 from rewardmap.rollout import Completion
+from tests.test_grpo_trainer import DEMO, small_overrides
 
 CPU = torch.device("cpu")
 
@@ -161,3 +165,64 @@ def test_rollout_share_balances_prompt_tokens():
     assert metrics["balance/rollout_max_over_mean_before"] == pytest.approx(31000 / 16150)
     assert metrics["balance/rollout_max_over_mean"] == pytest.approx(16600 / 16150)
     assert rollout_share(tokens, worlds(2)[1], balance=False)[0] == [2, 3]
+
+
+def mixed_trainer(model_dir, data_dir, out, world, *extra: str) -> GRPOTrainer:
+    """The seconds-per-step workload on maps of three sizes, 4 prompts x 2 rollouts."""
+    overrides = small_overrides(model_dir, data_dir, out, "data.max_pixels=200704", "data.prompts_per_step=4", *extra)
+    return GRPOTrainer(load_config(DEMO, overrides), world)
+
+
+def one_row_per_map(trainer: GRPOTrainer, count: int) -> list[int]:
+    """Rows whose figures differ, in turn (3 map sizes), `count` of them."""
+    first: dict[str, int] = {}
+    for index in range(len(trainer.parts.rows)):
+        first.setdefault(trainer.parts.rows[index]["figure"], index)
+    rows = sorted(first.values())
+    return [rows[i % len(rows)] for i in range(count)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared_prefix", ["on", "off"])
+def test_token_budget_gives_the_loss_and_gradients_of_one_group_at_a_time(
+    tiny_model_dir, mixed_maps_dataset_dir, tmp_path, world, shared_prefix
+):
+    """lr 0 keeps the weights, so the same trainer runs the update twice: micro_batch_size=1, then passes packed to
+    600 tokens (the 238-token map's group alone, the small maps' groups together). The prompts' lengths, known before
+    any map is decoded, are those of the processor's tensors."""
+    trainer = mixed_trainer(
+        tiny_model_dir, mixed_maps_dataset_dir, tmp_path, world, "trainer.lr=0", f"model.shared_prefix={shared_prefix}"
+    )
+    parts = trainer.parts
+    rows = [parts.rows[i] for i in one_row_per_map(trainer, 3)]
+    prompts, images = parts.prompts_and_images(rows)
+    tokens = parts.prompt_tokens(rows)
+    assert tokens == parts.prompt_inputs(prompts, images)["attention_mask"].sum(-1).tolist()
+    text = [len(ids) - 1 for ids in parts.processor.tokenizer(prompts)["input_ids"]]
+    assert sorted(t - length for t, length in zip(tokens, text, strict=True)) == [12, 56, 238]
+    answers = [[9707, 1879, 151645], [2152, 13, 374, 220, 16, 151645], [785, 151645], [9454, 13, 1879, 151645]]
+    groups = [
+        Group(
+            row,
+            [Completion(answers[k % 4], "", [], True), Completion(answers[(k + 1) % 4], "", [], True)],
+            [],
+            [1.0, 0.0],
+        )
+        for k, row in enumerate(one_row_per_map(trainer, 4))
+    ]
+    grads, step = [], trainer.parts.backend.step
+
+    def recording_step(max_grad_norm: float) -> float:
+        grads.append({n: p.grad.clone() for n, p in trainer.parts.model.named_parameters() if p.grad is not None})
+        return step(max_grad_norm)
+
+    trainer.parts.backend.step = recording_step
+    one = trainer.train_on(groups, {})
+    config = trainer.config
+    trainer.config = replace(config, trainer=replace(config.trainer, micro_batch_tokens=600))
+    packed = trainer.train_on(groups, {})
+    assert packed["batch/micro_batches_per_rank"] < one["batch/micro_batches_per_rank"] == 4 * 2 // trainer.group_size
+    for key in ("loss/total", "loss/policy", "loss/entropy", "optim/grad_norm"):
+        assert packed[key] == pytest.approx(one[key], rel=1e-5, abs=1e-7), key
+    assert one["optim/grad_norm"] > 0
+    assert max((grads[0][n] - grads[1][n]).abs().max().item() for n in grads[0]) <= 1e-5

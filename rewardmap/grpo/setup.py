@@ -85,18 +85,17 @@ class Components:
     def prompt_tokens(self, rows: Sequence[dict]) -> list[int]:
         """Each row's prompt length in tokens before any pixel is decoded: its rendered prompt's tokens, the one image
         placeholder counted as the map's visual tokens (what `prompt_inputs` will hold)."""
+        if not rows:  # the tokenizer refuses an empty list
+            return []
         data = self.config.data
         texts = self.processor.tokenizer([render_prompt(self.processor, row["question"]) for row in rows])["input_ids"]
+        pixels = {
+            "min_pixels": data.min_pixels,
+            "max_pixels": data.max_pixels,
+            "max_source_pixels": data.max_decode_pixels,
+        }
         return [
-            len(ids)
-            - 1
-            + image_tokens(
-                row["figure"],
-                root=self.rows.root,
-                min_pixels=data.min_pixels,
-                max_pixels=data.max_pixels,
-                max_source_pixels=data.max_decode_pixels,
-            )
+            len(ids) - 1 + image_tokens(row["figure"], root=self.rows.root, **pixels)
             for ids, row in zip(texts, rows, strict=True)
         ]
 
