@@ -11,12 +11,14 @@ both sampled the same tokens (per-prompt seeds should make them), the loss, the 
 the optimizer step), the grad norm (the trainer's fp32 one, and fp64 from those gradients) and the updated weights,
 each beside its scale. On a shared machine the seconds are noisy.
 
-`python benchmarks/dp_bench.py --mixed [--repeats 3] [--budget 800]` instead compares placements in one 2-process world
-per dataset: maps of three sizes (--max-pixels, 1/2 and 1/4 of it: 4x in visual tokens between the smallest and the
-largest), then maps of one size. In each world the same batch's step runs under today's placement (contiguous shares,
---micro-batch-size sequences a pass) and balanced shares with --budget-token passes, in turn (the order flips each
-repeat, one warm-up repeat first); printed: the slowest rank's seconds of the reference pass, the update, the rollout
-and the whole step, median of --repeats, their ratios, and balance/max_over_mean.
+`python benchmarks/dp_bench.py --mixed [--repeats 3]` (about 25 minutes on 2 loaded cores) instead compares placements
+in one 2-process world per dataset: maps of three sizes (--max-pixels, 1/2 and 1/4 of it: 4x in visual tokens between
+the smallest and the largest), then maps of one size. In each world the first batch's step runs under today's
+placement (contiguous shares, --micro-batch-size sequences a pass) and balanced shares with passes of at most --budget
+tokens (default: the batch's largest group, what a fixed micro-batch is sized for), in turn (the order flips each
+repeat, one warm-up repeat first); on mixed sizes also the same batch sorted largest first. Printed: the slowest
+rank's seconds of the reference pass, the update, the rollout and the whole step, median of --repeats, their ratios,
+and the placement metrics of the step.
 """
 
 import argparse
@@ -42,6 +44,13 @@ WORKER = Path(__file__).resolve().parent / "dp_bench_worker.py"
 PHASES = ("rollout", "reward", "ref_logprobs", "update", "step", "wall")
 WORLD_SIZES = (1, 2)
 COMPARED = ("ref_logprobs", "update", "rollout", "wall")
+PLACEMENT_KEYS = (
+    "balance/max_over_mean",
+    "balance/lockstep_over_mean",
+    "balance/rollout_max_over_mean",
+    "batch/micro_batches_per_rank",
+    "batch/padding_fraction",
+)
 
 
 def launch(world_size: int, args: argparse.Namespace, work: Path) -> dict:
@@ -162,7 +171,8 @@ def report(results: dict[int, dict], tensors: dict, args: argparse.Namespace) ->
 
 
 def launch_compare(name: str, args: argparse.Namespace, work: Path) -> dict:
-    """Runs the worker's placement comparison in a 2-process world on the dataset work/`name`; its result.json."""
+    """Runs the worker's placement comparison in a 2-process world on the dataset work/`name` (mixed sizes: also the
+    batch sorted largest first); its result.json."""
     out = work / f"compare_{name}"
     command = [
         sys.executable,
@@ -171,6 +181,8 @@ def launch_compare(name: str, args: argparse.Namespace, work: Path) -> dict:
         "--standalone",
         "--nproc_per_node=2",
         str(WORKER),
+        "--compare",
+        *(["--largest-first"] if name == "mixed" else []),
         f"--model-dir={work / 'model'}",
         f"--data-dir={work / name}",
         f"--out-dir={out}",
@@ -183,7 +195,7 @@ def launch_compare(name: str, args: argparse.Namespace, work: Path) -> dict:
         f"--repeats={args.repeats}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, args.cores // 2)), "PYTHONPATH": str(REPO)}
-    print(f"{name}: {args.repeats + 1} repeats of both placements ...", file=sys.stderr, flush=True)
+    print(f"{name} map sizes: {args.repeats + 1} repeats of both placements ...", file=sys.stderr, flush=True)
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     (work / f"compare_{name}.log").write_text(done.stdout + done.stderr)
     if done.returncode:
@@ -193,34 +205,33 @@ def launch_compare(name: str, args: argparse.Namespace, work: Path) -> dict:
 
 
 def compare_report(results: dict[str, dict], args: argparse.Namespace) -> str:
-    """The placement table: per dataset, today's and the balanced token-budget step side by side."""
+    """The placement table: per dataset and batch order, today's and the balanced token-budget step side by side."""
 
     def median(runs: list, key: str) -> float:  # the slowest rank's figure, median over the repeats
         return statistics.median(max(rank[key] for rank in ranks) for ranks in runs)
 
-    header, rule = "| |", "| --- |"
-    for name in results:
-        header += f" {name} map sizes: today | balanced, {args.budget}-token passes | speed-up |"
-        rule += " ---: | ---: | ---: |"
+    columns = {f"{name} sizes, {order}": runs for name, r in results.items() for order, runs in r["runs"].items()}
+    budgets = ", ".join(f"{name} {r['budget']:,}" for name, r in results.items())
     lines = [
-        f"Placement, 2 processes (gloo, CPU), {args.prompts} prompts x {args.n} rollouts x {args.tokens} tokens, "
-        f"fp32; today: contiguous shares, micro-batch {args.micro_batch_size}; slowest rank, median of "
-        f"{args.repeats}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+        f"Placement, 2 processes x {max(1, args.cores // 2)} thread (gloo, CPU), {args.prompts} prompts x {args.n} "
+        f"rollouts x {args.tokens} tokens, fp32. today: contiguous shares, micro-batch {args.micro_batch_size}; "
+        f"balanced: balanced shares, passes of at most the batch's largest group ({budgets} tokens). Seconds of the "
+        f"slowest rank, median of {args.repeats}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
         "",
-        header,
-        rule,
+        "| | " + " | ".join(f"{column}: today | balanced | speed-up" for column in columns) + " |",
+        "| --- |" + " ---: | ---: | ---: |" * len(columns),
     ]
     labels = {"ref_logprobs": "reference pass s", "update": "update s", "rollout": "rollout s", "wall": "step s"}
     for phase in COMPARED:
         cells = []
-        for result in results.values():
-            today, balanced = (median(result["runs"][side], f"{phase}_s") for side in ("today", "balanced"))
+        for runs in columns.values():
+            today, balanced = (median(runs[side], f"{phase}_s") for side in ("today", "balanced"))
             cells += [f"{today:.2f}", f"{balanced:.2f}", f"{today / balanced:.2f}x"]
         lines.append(f"| {labels[phase]} | " + " | ".join(cells) + " |")
-    for key in ("balance/max_over_mean", "balance/rollout_max_over_mean", "batch/micro_batches_per_rank"):
+    for key in PLACEMENT_KEYS:
         cells = []
-        for result in results.values():
-            cells += [f"{result['runs'][side][0][0][key]:.2f}" for side in ("today", "balanced")] + [""]
+        for runs in columns.values():
+            cells += [f"{runs[side][0][0][key]:.2f}" for side in ("today", "balanced")] + [""]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -240,7 +251,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="threads of the one-process world")
     parser.add_argument("--workdir", type=Path, default=None, help="where to build model/data (default: a temp dir)")
     parser.add_argument("--mixed", action="store_true", help="compare placements on mixed and equal map sizes")
-    parser.add_argument("--budget", type=int, default=800, help="trainer.micro_batch_tokens of the balanced side")
+    parser.add_argument(
+        "--budget", type=int, default=0, help="micro_batch_tokens of the balanced side (0: the batch's largest group)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per placement (--mixed)")
 
 

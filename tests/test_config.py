@@ -35,7 +35,7 @@ def test_layered_files_apply_in_order():
         (["data.prompts_per_step=many"], "data.prompts_per_step"),
         (["rollout.engine=tgi"], "rollout.engine='tgi'"),
         (["rollout.n=1"], "rollout.n=1"),
-        (["trainer.micro_batch_tokens=0"], "trainer.micro_batch_tokens=0 must be >= 1 (or null for micro_batch_size)"),
+        (["trainer.micro_batch_tokens=0"], "trainer.micro_batch_tokens=0 must be >= 1"),
         (["nonsense"], "'nonsense' is not of the form"),
     ],
 )

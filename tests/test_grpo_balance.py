@@ -14,6 +14,7 @@ from rewardmap.distributed import World
 from rewardmap.grpo.balance import (
     balanced_shares,
     contiguous_shares,
+    lockstep_over_mean,
     max_over_mean,
     padded_tokens,
     token_micro_batches,
@@ -63,6 +64,8 @@ def test_balanced_shares_pair_big_with_small_in_rounds():
     assert max_over_mean(shares, costs) == pytest.approx(17 / 14.75)  # 16 + 1 is the least a 16 can carry
     assert max_over_mean(contiguous_shares(8, 4), costs) == pytest.approx(32 / 14.75)
     assert max_over_mean([[0], [1]], [0, 0]) == 1.0
+    # in lockstep a rank waits at every pass: equal totals, 1.5x the time
+    assert lockstep_over_mean([[3, 1], [1, 3]]) == 1.5 and lockstep_over_mean([[3, 1], [3, 1]]) == 1.0
 
 
 def test_balanced_shares_against_brute_force():
@@ -149,6 +152,8 @@ def test_balanced_plan_trains_each_group_once_in_equal_passes(budget, group_size
     assert metrics["batch/micro_batches_per_rank"] == sum(len(passes) for passes in plans[0].passes)
     assert 0.0 <= metrics["batch/padding_fraction"] < 1.0
     assert 1.0 <= metrics["balance/max_over_mean"] <= metrics["balance/max_over_mean_before"]
+    if budget is None:  # one group (or sequence) a pass, dealt in rounds: the least lockstep time there is
+        assert 1.0 <= metrics["balance/lockstep_over_mean"] <= metrics["balance/lockstep_over_mean_before"]
     if budget is not None:
         alone = [
             2 // group_size * (p + group_size * max(len(c.token_ids) for c in g.completions))

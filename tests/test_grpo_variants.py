@@ -116,9 +116,9 @@ def test_dynamic_sampling_refills_from_the_same_stage(warm_model_dir, synth_data
     seen: list[list[int]] = []
     rollout = trainer._rollout
 
-    def recording_rollout(rows, first_index, timings):
+    def recording_rollout(rows, *rest):
         seen.append(list(rows))
-        return rollout(rows, first_index, timings)
+        return rollout(rows, *rest)
 
     trainer._rollout = recording_rollout
     metrics = trainer.step(stage, indices)

@@ -69,6 +69,14 @@ def max_over_mean(shares: Sequence[Sequence[int]], costs: Sequence[float]) -> fl
     return max(loads) / mean if mean > 0 else 1.0
 
 
+def lockstep_over_mean(passes: Sequence[Sequence[float]]) -> float:
+    """For ranks run in lockstep, each rank's passes[rank] costs in order (the same count on every rank): the sum over
+    k of the costliest k-th pass, over the mean rank's total (1.0: no rank ever waits; 1.0 when nothing costs)."""
+    mean = sum(sum(costs) for costs in passes) / len(passes)
+    slowest = sum(max(column) for column in zip(*passes, strict=True))
+    return slowest / mean if mean > 0 else 1.0
+
+
 def padded_tokens(shapes: Sequence[tuple[int, int]], rows: int) -> int:
     """Tokens one forward of these groups computes: `rows` sequences per group, each padded to the longest prompt plus
     the widest completion span; `shapes` holds (prompt tokens, completion span of one sequence) per group."""

@@ -13,6 +13,7 @@ from rewardmap.distributed import World
 from rewardmap.grpo.balance import (
     balanced_shares,
     contiguous_shares,
+    lockstep_over_mean,
     max_over_mean,
     padded_tokens,
     token_micro_batches,
@@ -107,19 +108,19 @@ def place_update(
     ]
     plans = _plans(shapes, n, world.size, trainer, group_size)
     today = _plans(shapes, n, world.size, replace(trainer, balance_batch=False, micro_batch_tokens=None), group_size)
-    loads, today_loads = _loads(plans, shapes, n, group_size), _loads(today, shapes, n, group_size)
     real = sum(
         n // group_size * shapes[number][0] + sum(len(c.token_ids) for c in groups[number].completions)
         for plan in plans
         for number, trains in plan.groups
         if trains
     )
-    metrics = {
-        "balance/max_over_mean": max(loads) / max(sum(loads) / len(loads), 1),
-        "balance/max_over_mean_before": max(today_loads) / max(sum(today_loads) / len(today_loads), 1),
-        "batch/padding_fraction": 1.0 - real / max(sum(loads), 1),
-        "batch/micro_batches_per_rank": float(sum(len(passes) for passes in plans[0].passes)),
-    }
+    passes = _pass_tokens(plans, shapes, n, group_size)
+    metrics = {"batch/padding_fraction": 1.0 - real / max(sum(map(sum, passes)), 1)}
+    for suffix, placed in (("", passes), ("_before", _pass_tokens(today, shapes, n, group_size))):
+        totals = [sum(tokens) for tokens in placed]
+        metrics[f"balance/max_over_mean{suffix}"] = max_over_mean([[rank] for rank in range(len(totals))], totals)
+        metrics[f"balance/lockstep_over_mean{suffix}"] = lockstep_over_mean(placed)
+    metrics["batch/micro_batches_per_rank"] = float(len(passes[0]))
     if trainer.micro_batch_tokens is not None:
         rows = n // group_size
         over = sum(padded_tokens([shape], rows) > trainer.micro_batch_tokens for shape in shapes)
@@ -163,17 +164,17 @@ def _plans(
     return plans
 
 
-def _loads(plans: list[RankPlan], shapes: list[tuple[int, int]], n: int, group_size: int) -> list[int]:
-    """Each rank's padded tokens over its passes (one epoch)."""
-    loads = []
+def _pass_tokens(plans: list[RankPlan], shapes: list[tuple[int, int]], n: int, group_size: int) -> list[list[int]]:
+    """Each rank's padded tokens of each of its passes, in order (one epoch)."""
+    tokens = []
     for plan in plans:
-        load = 0
+        mine = []
         for part in itertools.chain.from_iterable(plan.passes):
             held = [shapes[number] for number, _ in plan.groups[part.start // n : -(-part.stop // n)]]
             width = max(prompt for prompt, _ in held) + max(span for _, span in held)
-            load += width * (part.stop - part.start) // group_size
-        loads.append(load)
-    return loads
+            mine.append(width * (part.stop - part.start) // group_size)
+        tokens.append(mine)
+    return tokens
 
 
 def logprob_tensor(completions: Sequence[Completion], width: int) -> torch.Tensor:
