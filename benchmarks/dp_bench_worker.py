@@ -51,7 +51,7 @@ def overrides(args: argparse.Namespace) -> list[str]:
         f"trainer.micro_batch_size={args.micro_batch_size}",
         "model.dtype=fp32",
         "sft.steps=0",
-        "trainer.tensorboard=false",
+        "trainer.loggers=[jsonl]",
     ]
 
 

@@ -200,7 +200,7 @@ def overrides(args: argparse.Namespace, work: Path, model_dir: Path) -> list[str
         f"algorithm.kl_coef={args.kl_coef}",
         "trainer.micro_batch_size=1",
         f"trainer.output_dir={work / 'run'}",
-        "trainer.tensorboard=false",
+        "trainer.loggers=[jsonl]",
         "sft.steps=0",
     ]
 

@@ -63,7 +63,7 @@ def our_config(model_dir: Path, data_dir: Path, out: Path, args: argparse.Namesp
         "model.gradient_checkpointing=false",
         "model.dtype=fp32",
         "sft.steps=0",
-        "trainer.tensorboard=false",
+        "trainer.loggers=[jsonl]",
         f"trainer.micro_batch_size={args.micro_batch_size}",
     ]
     return load_config(REPO / "configs" / "demo.yaml", overrides)

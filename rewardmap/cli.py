@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from rewardmap.errors import InputError
+from rewardmap.errors import EXIT_INPUT, InputError, RunStopped
 
 # name -> (module with add_arguments/run, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
@@ -15,6 +15,10 @@ COMMANDS = {
     "sft": ("rewardmap.grpo.sft", "supervised warm start on the rows' answers (cross-entropy)"),
     "demo": ("rewardmap.grpo.demo", "the embedded default end to end on CPU: synthetic maps, tiny model, SFT, GRPO"),
     "plot": ("rewardmap.grpo.plot", "draw reward curves (per stage and per type) of a run directory as PNG"),
+    "report": (
+        "rewardmap.report.page",
+        "write RUN_DIR/report.html: config, curves, sample rollouts with their maps, validation and evaluation tables",
+    ),
     "eval": (
         "rewardmap.eval.runner",
         "evaluate a model on a dataset split (resumable): results.json/.md, accuracy.png",
@@ -62,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.log_level.upper() == "DEBUG":
             raise
         print(f"rewardmap {args.command}: {error}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
+    except RunStopped as stop:
+        # A run that stopped on purpose (a signal, non-finite steps, a failed write, a lost rank): its one sentence.
+        if str(stop):
+            print(f"rewardmap {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,8 +290,7 @@ class TrainerConfig:
     """Instead of micro_batch_size: each pass holds as many whole groups as fit this many tokens, padding included,
     groups of alike length together (at least one group; one over the budget runs alone). None: off."""
     balance_batch: bool = True
-    """Give the ranks shares of equal cost (rollout: prompt tokens; update: prompt + completion tokens) instead of
-    contiguous slices of the batch; only where a group is computed changes (verl's trainer.balance_batch)."""
+    """Rank shares of equal cost (rollout: prompt tokens; update: + completions), not contiguous slices (placement)."""
     mini_batches_per_step: int = 1
     """Optimizer steps per rollout batch (verl's ppo_mini_batch_size = batch / this); > 1 computes old log-probs."""
     max_steps: int | None = None
@@ -305,19 +305,44 @@ class TrainerConfig:
     """auto (newest complete checkpoint in output_dir, if any), none, or a checkpoint path."""
     seed: int = 42
     """Seed for weights' dropout, sampling order and everything else random in the trainer."""
-    tensorboard: bool = True
-    """Also write TensorBoard event files (metrics.jsonl is always written)."""
+    loggers: list[str] = field(default_factory=lambda: ["jsonl", "tensorboard"])
+    """Where each step's scalars go: jsonl (metrics.jsonl, always), tensorboard, wandb, trackio (the last two are
+    optional installs; they also get the sample rollouts as a table and the config)."""
+    project: str = "rewardmap"
+    """The W&B / Trackio project a run joins (the run is named after output_dir's folder)."""
+    log_samples: int = 4
+    """Groups of each step kept in <output_dir>/samples.jsonl (seeded, spread over question types); 0 turns it off."""
     backend: str = "fsdp2"
     """fsdp2 (PyTorch FSDP2 shards, DCP checkpoints) or deepspeed (ZeRO, stage trainer.zero_stage)."""
     zero_stage: int = 3
     """DeepSpeed ZeRO stage, 2 (optimizer state and gradients sharded) or 3 (weights too)."""
     cpu_offload: bool = False
     """Keep sharded weights, gradients and optimizer state in CPU memory (the recipe's offload; slower)."""
+    max_nonfinite_steps: int = 3
+    """Stop after this many steps in a row whose loss, gradient norm or rollout log-probs were not finite (each such
+    step takes no optimizer step)."""
+    collective_timeout_s: float = 600.0
+    """Seconds a collective (all-reduce, barrier, ...) waits for every process before the run stops naming the rank
+    that died or hung (torch's NCCL default, 10 minutes; raise it if loading or validation makes ranks wait longer)."""
 
     def __post_init__(self) -> None:
         _check_choice("trainer", "backend", self.backend, ("fsdp2", "deepspeed"))
+        for logger_name in self.loggers:
+            _check_choice("trainer", "loggers", logger_name, ("jsonl", "tensorboard", "wandb", "trackio"))
+        if "jsonl" not in self.loggers:
+            raise InputError(
+                f"trainer.loggers={list(self.loggers)} lacks jsonl: metrics.jsonl feeds `rewardmap plot` and "
+                "`rewardmap report`; add it, e.g. trainer.loggers=[jsonl,wandb]"
+            )
+        for tracker in ("wandb", "trackio"):
+            if tracker in self.loggers and importlib.util.find_spec(tracker) is None:
+                raise InputError(f"trainer.loggers asks for {tracker}, which is not installed: pip install {tracker}")
+        if self.log_samples < 0:
+            raise InputError(f"trainer.log_samples={self.log_samples} must be >= 0 (0 turns sample logging off)")
         if self.zero_stage not in (2, 3):
             raise InputError(f"trainer.zero_stage={self.zero_stage} is not one of 2, 3")
+        if self.collective_timeout_s <= 0:
+            raise InputError(f"trainer.collective_timeout_s={self.collective_timeout_s} must be > 0 (seconds)")
         if min(self.save_freq, self.save_limit, self.micro_batch_size, self.mini_batches_per_step) < 1:
             raise InputError(
                 f"trainer.save_freq={self.save_freq}, trainer.save_limit={self.save_limit}, "
@@ -325,9 +350,9 @@ class TrainerConfig:
                 f"trainer.mini_batches_per_step={self.mini_batches_per_step} must all be >= 1"
             )
         if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
-            raise InputError(
-                f"trainer.micro_batch_tokens={self.micro_batch_tokens} must be >= 1 (or null for micro_batch_size)"
-            )
+            raise InputError(f"trainer.micro_batch_tokens={self.micro_batch_tokens} must be >= 1, or null (off)")
+        if self.max_nonfinite_steps < 1:
+            raise InputError(f"trainer.max_nonfinite_steps={self.max_nonfinite_steps} must be >= 1")
 
 
 @dataclass

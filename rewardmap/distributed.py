@@ -8,6 +8,7 @@ The backend is gloo on CPU and nccl on GPU (gloo beside it for CPU objects); not
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -49,10 +50,14 @@ class World:
 
 
 @contextlib.contextmanager
-def join_world() -> Iterator[World]:
+def join_world(collective_timeout_s: float | None = None) -> Iterator[World]:
     """Joins the torchrun world from the environment, or makes a world of one; leaves it (destroying a group it
-    made) on exit. A group someone else made (a test, a caller) is used as it is and left alone."""
+    made) on exit. A group someone else made (a test, a caller) is used as it is and left alone.
+
+    A collective that waits longer than `collective_timeout_s` for another rank raises (None: torch's default).
+    """
     made = not dist.is_initialized()
+    timeout = None if collective_timeout_s is None else datetime.timedelta(seconds=collective_timeout_s)
     on_gpu = torch.cuda.is_available()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if on_gpu:
@@ -60,9 +65,9 @@ def join_world() -> Iterator[World]:
     if made:
         backend = "cpu:gloo,cuda:nccl" if on_gpu else "gloo"
         if "WORLD_SIZE" in os.environ:
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, timeout=timeout)
         else:  # launched without torchrun: a world of one, no network port needed
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     world = World(
         rank=dist.get_rank(),
         size=dist.get_world_size(),

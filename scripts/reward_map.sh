@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v torchrun >/dev/null; then source .venv/bin/activate; fi  # the CPU set-up's venv (make install)
 GPUS="$(python -c 'import torch; print(torch.cuda.device_count())')"
+# torchrun forwards these to every worker, which then stops after its step with a checkpoint (SLURM's --signal: USR1)
+export PET_SIGNALS_TO_HANDLE="${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}"
 exec torchrun --nproc_per_node "${NPROC:-$(( GPUS > 0 ? GPUS : 1 ))}" --nnodes "${NNODES:-1}" \
   --node_rank "${NODE_RANK:-0}" --master_addr "${MASTER_ADDR:-127.0.0.1}" --master_port "${MASTER_PORT:-29500}" \
   -m rewardmap.cli train --config configs/reward_map.yaml "$@"

@@ -40,7 +40,7 @@ def main() -> None:
         "rollout.n=2",
         "sft.steps=0",
         "trainer.lr=1e-3",
-        "trainer.tensorboard=false",
+        "trainer.loggers=[jsonl]",
         "curriculum.preset=none",
         *[arg for arg in sys.argv[4:] if arg != "--sample"],
     ]

@@ -1,6 +1,7 @@
 """Data-parallel GRPO in real `torchrun` worlds of 2 CPU processes (gloo): the update is invariant to the world
-size, ranks train disjoint whole groups, a SIGKILLed 2-process run resumes exactly, two "nodes" train together, LoRA
-trains and merges, and `rewardmap merge` reads exactly what the trainer wrote."""
+size, ranks train disjoint whole groups, a SIGKILLed 2-process run resumes exactly, so does one stopped by SIGTERM to
+torchrun, two "nodes" train together, LoRA trains and merges, and `rewardmap merge` reads exactly what the trainer
+wrote."""
 
 import json
 import os
@@ -136,37 +137,77 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def test_two_process_run_resumes_exactly_after_sigkill(tiny_model_dir, mixed_maps_dataset_dir, tmp_path):
-    """Maps of three sizes in balanced shares and token-budget passes (the placement depends on nothing random)."""
-    balanced = ("data.max_pixels=200704", "trainer.micro_batch_tokens=600", "trainer.balance_batch=true")
+# Maps of three sizes in balanced shares and token-budget passes (the placement depends on nothing random).
+BALANCED = ("data.max_pixels=200704", "trainer.micro_batch_tokens=600", "trainer.balance_batch=true")
 
-    def overrides(out: Path) -> list[str]:
-        saves = ("trainer.save_freq=1", "trainer.save_limit=5")
-        return small_overrides(tiny_model_dir, mixed_maps_dataset_dir, out, *saves, *balanced)
 
-    straight = tmp_path / "straight"
-    subprocess.run(torchrun(2, *train_args(*overrides(straight))), env=ENV, check=True, cwd=REPO)
-    killed = tmp_path / "killed"
-    process = subprocess.Popen(torchrun(2, *train_args(*overrides(killed))), env=ENV, cwd=REPO, start_new_session=True)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_000002" / "COMPLETE").is_file():
-        assert process.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
-        time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks, at once
-    process.wait()
-    subprocess.run(torchrun(2, *train_args(*overrides(killed))), env=ENV, check=True, cwd=REPO)
+def _two_process_overrides(tiny_model_dir: Path, mixed_maps_dataset_dir: Path, out: Path, *extra: str) -> list[str]:
+    return small_overrides(tiny_model_dir, mixed_maps_dataset_dir, out, "trainer.save_limit=5", *BALANCED, *extra)
 
+
+@pytest.fixture(scope="module")
+def straight_two_process_run(tiny_model_dir, mixed_maps_dataset_dir, module_dir) -> Path:
+    """A 2-process run of 4 steps, never interrupted: what the killed and the signalled runs must reproduce."""
+    out = module_dir / "straight"
+    overrides = _two_process_overrides(tiny_model_dir, mixed_maps_dataset_dir, out, "trainer.save_freq=1")
+    subprocess.run(torchrun(2, *train_args(*overrides)), env=ENV, check=True, cwd=REPO)
+    return out
+
+
+def _assert_resumed_exactly(straight: Path, resumed: Path) -> None:
+    """Steps 3 and 4 and the final weights of the resumed run are the straight run's, bit for bit."""
     first = {record["step"]: record for record in read_metrics(straight)}
-    second = {record["step"]: record for record in read_metrics(killed)}
+    second = {record["step"]: record for record in read_metrics(resumed)}
     assert sorted(second) == [1, 2, 3, 4]
     assert first[1]["batch/sequences"] == 4 and first[1]["batch/sequences_per_rank"] == 2
     for step in (3, 4):
         for key in ("loss/total", "loss/kl", "reward/mean", "response/length_mean", "optim/grad_norm"):
             assert second[step][key] == first[step][key], (step, key)
         assert second[step]["balance/rollout_max_over_mean"] == first[step]["balance/rollout_max_over_mean"]
-    final_a, final_b = _weights(checkpoint.latest(straight)), _weights(checkpoint.latest(killed))
+    final_a, final_b = _weights(checkpoint.latest(straight)), _weights(checkpoint.latest(resumed))
     assert all(torch.equal(final_a[name], final_b[name]) for name in final_a), "resumed weights differ"
-    assert json.loads((checkpoint.latest(killed) / "trainer_state.json").read_text())["world_size"] == 2
+    assert json.loads((checkpoint.latest(resumed) / "trainer_state.json").read_text())["world_size"] == 2
+
+
+def test_two_process_run_resumes_exactly_after_sigkill(
+    straight_two_process_run, tiny_model_dir, mixed_maps_dataset_dir, tmp_path
+):
+    overrides = _two_process_overrides(tiny_model_dir, mixed_maps_dataset_dir, tmp_path, "trainer.save_freq=1")
+    process = subprocess.Popen(torchrun(2, *train_args(*overrides)), env=ENV, cwd=REPO, start_new_session=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "checkpoints" / "step_000002" / "COMPLETE").is_file():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the launcher and both ranks, at once
+    process.wait()
+    subprocess.run(torchrun(2, *train_args(*overrides)), env=ENV, check=True, cwd=REPO)
+    _assert_resumed_exactly(straight_two_process_run, tmp_path)
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_with_a_checkpoint(
+    straight_two_process_run, tiny_model_dir, mixed_maps_dataset_dir, tmp_path
+):
+    """torchrun passes the SIGTERM on to both ranks; they agree at the end of step 2 (the step being trained), save
+    it (save_freq=100: no other save before the end), exit 75 each; torchrun itself exits 1 (its SignalException).
+    Started again, the run ends as the uninterrupted one, bit for bit."""
+    overrides = _two_process_overrides(tiny_model_dir, mixed_maps_dataset_dir, tmp_path, "trainer.save_freq=100")
+    process = subprocess.Popen(
+        torchrun(2, *train_args(*overrides)), env=ENV, cwd=REPO, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 300
+    while not (tmp_path / "metrics.jsonl").is_file() or not (tmp_path / "metrics.jsonl").read_text():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first step"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # to the launcher only, during step 2
+    stderr = process.communicate(timeout=300)[1]
+    assert process.returncode == 1, stderr[-3000:]
+    assert "SignalException" in stderr and stderr.count("SIGTERM: stopping after this step with a checkpoint") == 2
+    saved = tmp_path / "checkpoints" / "step_000002"
+    assert f"rewardmap train: stopped by SIGTERM after step 2 with checkpoint {saved}; run the same command" in stderr
+    assert [p.name for p in checkpoint.checkpoint_root(tmp_path).iterdir()] == ["step_000002"]
+    assert json.loads((saved / "trainer_state.json").read_text())["step"] == 2
+    subprocess.run(torchrun(2, *train_args(*overrides)), env=ENV, check=True, cwd=REPO)
+    _assert_resumed_exactly(straight_two_process_run, tmp_path)
 
 
 def test_two_nodes_on_one_machine_train_together(tiny_model_dir, synth_dataset_dir, tmp_path):

@@ -32,7 +32,7 @@ def test_grpo_raises_the_reward_on_true_false_questions(warm_model_dir, synth_da
         "rollout.n=4",
         "sft.steps=0",
         "trainer.lr=6e-4",
-        "trainer.tensorboard=false",
+        "trainer.loggers=[jsonl]",
         "trainer.val_freq=0",
         "trainer.save_freq=1000",
         "trainer.max_steps=24",

@@ -1,5 +1,5 @@
 """The GRPO trainer on the real tiny model and synthetic maps: a step trains, checkpoints are atomic and verified,
-a SIGKILLed run resumes exactly, and a short run learns."""
+a SIGKILLed run and a run stopped by SIGTERM (exit 75, a checkpoint of the step being trained) resume exactly."""
 
 import json
 import os
@@ -37,7 +37,7 @@ def small_overrides(model_dir: Path, data_dir: Path, out: Path, *extra: str) -> 
         "curriculum.stages=[{types: [TorF1, TorF2], steps: 4},"
         " {types: [Counting1, Counting2, Counting3, planning], steps: 1}]",
         "trainer.max_steps=4",
-        "trainer.tensorboard=false",
+        "trainer.loggers=[jsonl]",
         *extra,
     ]
 
@@ -144,31 +144,23 @@ def _steps(run_dir: Path) -> dict[int, dict]:
     return {record["step"]: record for record in read_metrics(run_dir)}
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_matches_the_uninterrupted_run(warm_model_dir, synth_dataset_dir, tmp_path):
-    """With dynamic sampling and two mini-batches on (the 2-process resume test covers the released step), from the
-    warm-started model so that some groups' rewards differ."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    variant = ("algorithm.filter_zero_variance_groups=true", "trainer.mini_batches_per_step=2", "trainer.save_freq=1")
-    straight = tmp_path / "straight"
-    subprocess.run(
-        _train_command(small_overrides(warm_model_dir, synth_dataset_dir, straight, *variant)),
-        check=True,
-        env=env,
-        cwd=REPO,
-    )
-    killed = tmp_path / "killed"
-    overrides = small_overrides(warm_model_dir, synth_dataset_dir, killed, *variant, "trainer.save_limit=5")
-    process = subprocess.Popen(_train_command(overrides), env=env, cwd=REPO)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_000002" / "COMPLETE").is_file():
-        assert process.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    subprocess.run(_train_command(overrides), check=True, env=env, cwd=REPO)
+# With dynamic sampling and two mini-batches on (the 2-process resume tests cover the released step), from the
+# warm-started model so that some groups' rewards differ.
+VARIANT = ("algorithm.filter_zero_variance_groups=true", "trainer.mini_batches_per_step=2")
 
-    first, second = _steps(straight), _steps(killed)
+
+@pytest.fixture(scope="module")
+def straight_run(warm_model_dir, synth_dataset_dir, module_dir) -> Path:
+    """4 steps of the variant in one process, never interrupted: what the killed and the signalled runs reproduce."""
+    out = module_dir / "straight"
+    overrides = small_overrides(warm_model_dir, synth_dataset_dir, out, *VARIANT, "trainer.save_freq=1")
+    subprocess.run(_train_command(overrides), check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=REPO)
+    return out
+
+
+def _assert_resumed_exactly(straight: Path, resumed: Path) -> None:
+    """Steps 3 and 4 and the final weights and AdamW state of the resumed run are the straight run's, bit for bit."""
+    first, second = _steps(straight), _steps(resumed)
     assert sorted(second) == [1, 2, 3, 4]
     assert all("filter/rounds" in record for record in second.values())
     assert sum(record["filter/kept_groups"] for record in first.values()) > 0, "some updates must have groups"
@@ -176,7 +168,47 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(warm_model_dir, synth
         for key in ("loss/total", "loss/kl", "reward/mean", "response/length_mean", "groups/zero_variance_fraction"):
             assert second[step][key] == first[step][key], (step, key)
     final_a = sorted((checkpoint.latest(straight) / "sharded").glob("*.distcp"))
-    final_b = sorted((checkpoint.latest(killed) / "sharded").glob("*.distcp"))
+    final_b = sorted((checkpoint.latest(resumed) / "sharded").glob("*.distcp"))
     assert [path.read_bytes() for path in final_a] == [path.read_bytes() for path in final_b], "resumed state differs"
-    state = json.loads((checkpoint.latest(killed) / "trainer_state.json").read_text())
+    state = json.loads((checkpoint.latest(resumed) / "trainer_state.json").read_text())
     assert state["step"] == 4
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_the_uninterrupted_run(straight_run, warm_model_dir, synth_dataset_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    overrides = small_overrides(warm_model_dir, synth_dataset_dir, tmp_path, *VARIANT, "trainer.save_freq=1")
+    overrides.append("trainer.save_limit=5")
+    process = subprocess.Popen(_train_command(overrides), env=env, cwd=REPO)
+    deadline = time.time() + 300
+    while not (tmp_path / "checkpoints" / "step_000002" / "COMPLETE").is_file():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    subprocess.run(_train_command(overrides), check=True, env=env, cwd=REPO)
+    _assert_resumed_exactly(straight_run, tmp_path)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_step_saves_that_step_and_the_resume_is_exact(
+    straight_run, warm_model_dir, synth_dataset_dir, tmp_path
+):
+    """SIGTERM during step 2 with save_freq=100: the only checkpoint before the end is the one the signal asked for,
+    of the step being trained; exit 75; the same command then ends as the uninterrupted run, bit for bit."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    overrides = small_overrides(warm_model_dir, synth_dataset_dir, tmp_path, *VARIANT, "trainer.save_freq=100")
+    process = subprocess.Popen(_train_command(overrides), env=env, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (tmp_path / "metrics.jsonl").is_file() or not (tmp_path / "metrics.jsonl").read_text():
+        assert process.poll() is None and time.time() < deadline, "the run ended before its first step"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=300)[1]
+    assert process.returncode == 75, stderr[-3000:]
+    saved = tmp_path / "checkpoints" / "step_000002"
+    assert f"rewardmap train: stopped by SIGTERM after step 2 with checkpoint {saved}; run the same command" in stderr
+    assert [p.name for p in checkpoint.checkpoint_root(tmp_path).iterdir()] == ["step_000002"]
+    assert checkpoint.verify(saved)["step"] == 2 and sorted(_steps(tmp_path)) == [1, 2]
+    subprocess.run(_train_command(overrides), check=True, env=env, cwd=REPO)
+    _assert_resumed_exactly(straight_run, tmp_path)

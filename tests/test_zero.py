@@ -1,11 +1,13 @@
 """DeepSpeed ZeRO-2/3 in real `torchrun` worlds of 2 CPU processes (gloo): one AdamW step per GRPO step however many
-micro-batches, checkpoints that a second launch resumes from, and `rewardmap merge` reading what the trainer wrote.
+micro-batches and none after a loss that is not finite, checkpoints that a second launch resumes from, and
+`rewardmap merge` reading what the trainer wrote.
 
 Run as a script (by torchrun), this file is the worker of `test_backend_takes_one_adamw_step_on_the_summed_gradient`.
 """
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -66,6 +68,10 @@ def _run_worker(out: Path) -> None:
                 )
                 optimizer.step()
                 optimizer.zero_grad()
+            # A loss that is not finite: its gradient norm is not either, and no AdamW step is taken (nor by the
+            # replica): the weights and step counts below still match the replica's 2 steps.
+            backend.backward(_loss(backend.model, world.rank, 2, 0) * math.nan)
+            nonfinite_norm = backend.step(trainer.max_grad_norm)
             weights = list(backend.model.parameters())
             with deepspeed.zero.GatheredParameters(weights):  # ZeRO-3 keeps a partition; ZeRO-2 whole weights
                 difference = max(
@@ -74,6 +80,7 @@ def _run_worker(out: Path) -> None:
             adamw = backend.engine.optimizer.optimizer  # torch's AdamW over the fp32 master partitions
             results[f"zero{stage}_{dtype}"] = {
                 "grad_norms": norms,
+                "nonfinite_norm": nonfinite_norm,
                 "replica_grad_norms": replica_norms,
                 "max_weight_difference": difference,
                 "adam_steps": sorted({int(state["step"]) for state in adamw.state.values()}),
@@ -113,6 +120,7 @@ def test_backend_takes_one_adamw_step_on_the_summed_gradient(tmp_path):
     for name, run in results.items():
         exact = name.endswith("fp32")
         assert run["adam_steps"] == [2], f"{name}: 2 steps of {MICRO_BATCHES} micro-batches must be 2 AdamW steps"
+        assert not math.isfinite(run["nonfinite_norm"]), f"{name}: a NaN loss must give a norm that is not finite"
         assert min(run["replica_grad_norms"]) > 0.05, "the norms must exceed max_grad_norm so that clipping acts"
         assert run["grad_norms"] == pytest.approx(run["replica_grad_norms"], rel=1e-5 if exact else 3e-2), name
         assert run["max_weight_difference"] < (1e-6 if exact else 5e-3), name

@@ -51,7 +51,7 @@ def main() -> None:
         "trainer.lr=1e-3",
         "trainer.max_steps=2",
         "trainer.val_freq=2",
-        "trainer.tensorboard=false",
+        "trainer.loggers=[jsonl]",
     ]
     with join_world() as world:
         trainer = GRPOTrainer(load_config(DEMO, overrides), world)

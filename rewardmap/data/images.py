@@ -163,10 +163,29 @@ def load_image(
         data = source.read_bytes() if isinstance(source, Path) else source
         cached = _cache_path(Path(cache_dir), data, min_pixels, max_pixels)
         if cached.is_file():
-            # No PNG decode: the pixels are copied from the (page-cached) file straight into an in-memory image.
-            pixels = np.load(cached, mmap_mode="r", allow_pickle=False)
-            return Image.frombuffer("RGB", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "RGB", 0, 1)
+            return read_cached_image(cached)
     image = fit_image(_open(source, label, max_source_pixels), min_pixels=min_pixels, max_pixels=max_pixels)
     if cached is not None:
         _write_atomic(image, cached)
     return image
+
+
+def read_cached_image(path: Path) -> Image.Image:
+    """A resized image as `load_image` caches it (.npy, H x W x 3 bytes), without decoding a PNG."""
+    # The pixels are copied from the (page-cached) file straight into an in-memory image.
+    pixels = np.load(path, mmap_mode="r", allow_pickle=False)
+    return Image.frombuffer("RGB", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "RGB", 0, 1)
+
+
+def image_file(
+    figure: Any, *, root: str | Path, min_pixels: int, max_pixels: int, cache_dir: str | Path | None
+) -> Path | None:
+    """The file that shows a row's map as the model saw it: its resized copy in `cache_dir` (where `load_image` puts
+    it, whether or not it is there yet), else the source file; None for an embedded figure without a cache."""
+    source = figure_source(figure, root)
+    if isinstance(source, Image.Image):
+        return None
+    if cache_dir is None:
+        return source if isinstance(source, Path) else None
+    data = source.read_bytes() if isinstance(source, Path) else source
+    return _cache_path(Path(cache_dir), data, min_pixels, max_pixels)

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rewardmap.data.schema import is_reasonmap_row
-from rewardmap.errors import InputError
+from rewardmap.errors import InputError, write_failed
 
 logger = logging.getLogger(__name__)
 
@@ -34,17 +34,27 @@ def answer_text(response: str, answer_format: str = "plain") -> str:
     raise InputError(f"unknown answer format {answer_format!r}; choose one of {', '.join(ANSWER_FORMATS)}")
 
 
+# What a failed write of an evaluation's files tells the user to do.
+RERUN = "free space and run the same command: the answers already in answers.jsonl are kept and not generated again"
+
+
 def replace_file(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically: a synced temporary file in the same folder, renamed over it."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `text` to `path` atomically: a synced temporary file in the same folder, renamed over it; a write that
+    fails (no space, quota, permissions) removes the temporary file and stops the run with one sentence."""
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise write_failed(path, error, RERUN) from error
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise write_failed(path, error, RERUN) from error
         raise
 
 
@@ -76,11 +86,15 @@ def read_answers(path: Path) -> dict[str, dict]:
 
 
 def append_answers(path: Path, records: Sequence[Mapping]) -> None:
-    """Append records as JSON lines and fsync, so a crash loses at most the batch being generated."""
-    with path.open("a", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Append records as JSON lines and fsync, so a crash loses at most the batch being generated (a line cut short
+    by a failed write is dropped by `read_answers` when the run is resumed)."""
+    try:
+        with path.open("a", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        raise write_failed(path, error, RERUN) from error
 
 
 def _token_count(entry: Mapping, key: str, where: str) -> int | None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from rewardmap.eval.answers import replace_file
+from rewardmap.errors import write_failed
+from rewardmap.eval.answers import RERUN, replace_file
 from rewardmap.eval.report import DIFFICULTY_ORDER, REASONMAP_VIEWS, TYPE_ORDER, ordered, paper_scope
 
 logger = logging.getLogger(__name__)
@@ -218,5 +219,8 @@ def write_reports(out_dir: str | Path, results: Mapping) -> None:
     out = Path(out_dir)
     replace_file(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     replace_file(out / "results.md", render_markdown(results))
-    plot_accuracy(results["summary"], out / "accuracy.png")
+    try:
+        plot_accuracy(results["summary"], out / "accuracy.png")
+    except OSError as error:
+        raise write_failed(out / "accuracy.png", error, RERUN) from error
     logger.info("wrote %s/results.json, results.md, accuracy.png", out)

@@ -8,6 +8,7 @@ get the gradient of the global sum.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Protocol
 
@@ -28,7 +29,8 @@ class TrainBackend(Protocol):
     def backward(self, loss: torch.Tensor) -> None: ...
 
     def step(self, max_grad_norm: float) -> float:
-        """Clips the gradient norm, takes one optimizer step, clears gradients; returns the norm before clipping."""
+        """Clips the gradient norm, takes one optimizer step, clears gradients; returns the norm before clipping.
+        A norm that is not finite (the same on every rank) takes no step: the gradients are only cleared."""
         ...
 
     def set_lr(self, lr: float) -> None: ...
@@ -69,6 +71,9 @@ class FSDP2Backend:
         squares = torch.stack([local(g).double().square().sum() for g in grads]).sum().to(self.device)
         dist.all_reduce(squares)
         grad_norm = squares.item() ** 0.5
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return grad_norm
         if grad_norm > max_grad_norm:
             for grad in grads:
                 grad.mul_(max_grad_norm / (grad_norm + 1e-6))

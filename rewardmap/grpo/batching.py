@@ -183,3 +183,9 @@ def logprob_tensor(completions: Sequence[Completion], width: int) -> torch.Tenso
     for row, completion in enumerate(completions):
         logprobs[row, : len(completion.logprobs)] = torch.tensor(completion.logprobs, dtype=torch.float32)
     return logprobs
+
+
+def whole_batch(indices: list[int], world_size: int) -> list[int]:
+    """`indices` padded with its own first rows to a multiple of the world size (a stage's last, partial batch)."""
+    missing = -len(indices) % world_size
+    return indices + [indices[i % len(indices)] for i in range(missing)]

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from rewardmap.grpo.trainer import GRPOTrainer
     from rewardmap.models.merge import merge_checkpoint
     from rewardmap.models.tiny import build_tiny_model
+    from rewardmap.report.page import write_report
     from rewardmap.synth import generate_dataset
 
     start = time.perf_counter()
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     ]
     config = warm_start(load_config(args.config, filled + list(args.overrides)))
     print(f"[demo] SFT warm start done ({time.perf_counter() - start:.0f} s)")
-    with join_world() as world:
+    with join_world(config.trainer.collective_timeout_s) as world:
         trainer = GRPOTrainer(config, world)
         final = trainer.fit()
     merged = merge_checkpoint(final, out / "trained_model", dtype="fp32", overwrite=True)  # the checkpoint's shards
@@ -72,5 +73,7 @@ def run(args: argparse.Namespace) -> int:
     benchmark_args = [arg for arg in eval_args if not arg.startswith(("--split=", "--limit=", "--out="))]
     benchmark_args += ["--split=reasonmap", f"--limit={args.reasonmap_limit}", f"--out={out / 'eval_reasonmap'}"]
     runner.run(evaluate.parse_args(benchmark_args))
+    report = write_report(trainer.run_dir, [out / "eval", out / "eval_reasonmap"])
+    print(f"[demo] run report {report} ({report.stat().st_size / 1e6:.1f} MB): open it in a browser")
     print(f"[demo] total {time.perf_counter() - start:.0f} s")
     return 0

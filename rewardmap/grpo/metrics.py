@@ -1,5 +1,5 @@
 """Training metrics: per-step reward figures and sparse-reward diagnostics by question type and stage, written to
-JSONL and TensorBoard."""
+JSONL, TensorBoard and the experiment trackers."""
 
 from __future__ import annotations
 
@@ -9,9 +9,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from rewardmap.config import RewardMapConfig
+from rewardmap.errors import write_failed
+from rewardmap.grpo.samples import SampleFile
+from rewardmap.grpo.trackers import Tracker, open_trackers
 from rewardmap.reward import RewardBreakdown
 
 METRICS_FILE = "metrics.jsonl"
+RESUME = "free space and run the same command: trainer.resume=auto continues from the newest checkpoint"
 
 
 def reward_metrics(scores: Sequence[RewardBreakdown], rows: Sequence[dict], n: int, stage: int) -> dict[str, float]:
@@ -47,29 +52,54 @@ def group_metrics(groups: Sequence, rows: Sequence[dict]) -> dict[str, float]:
 
 
 class MetricsLogger:
-    """Appends one JSON line per step to <run>/metrics.jsonl and mirrors scalars to TensorBoard."""
+    """Appends one JSON line per step to <run>/metrics.jsonl and mirrors the scalars to TensorBoard and the trackers
+    of trainer.loggers; sample rollouts (samples.py) go to <run>/<name>.jsonl and the trackers' tables."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, config: RewardMapConfig, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.path = Path(run_dir) / METRICS_FILE
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / METRICS_FILE
         self.writer = None
-        if enabled and tensorboard:
+        self.trackers: list[Tracker] = []
+        self.sample_files: dict[str, SampleFile] = {}
+        if enabled and "tensorboard" in config.trainer.loggers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        if enabled:
+            self.trackers = open_trackers(config, self.run_dir)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a", encoding="utf-8") as file:
-            file.write(json.dumps({"step": step, **metrics}) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(json.dumps({"step": step, **metrics}) + "\n")
+        except OSError as error:
+            raise write_failed(self.path, error, RESUME) from error
         if self.writer is not None:
             for key, value in metrics.items():
                 self.writer.add_scalar(key, value, step)
+        for tracker in self.trackers:
+            tracker.log(step, metrics)
+
+    def log_samples(self, name: str, records: list[dict]) -> None:
+        """One step's sample records (samples.py) appended to <run>/<name>.jsonl and logged as the trackers' table."""
+        if not self.enabled or not records:
+            return
+        samples = self.sample_files.setdefault(name, SampleFile(self.run_dir / f"{name}.jsonl"))
+        try:
+            samples.append(records)
+        except OSError as error:
+            raise write_failed(samples.path, error, RESUME) from error
+        for tracker in self.trackers:
+            tracker.log_samples(name, records)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -76,6 +76,18 @@ class Components:
     @property
     def pad_id(self) -> int:
         return self.processor.tokenizer.pad_token_id
+
+    def resolved_config(self) -> RewardMapConfig:
+        """The run's config with each part's attention and the shared prefix as resolved (logged once, here)."""
+        logger.info(
+            "attention: language model %s, vision tower %s; shared prefix: %d completion(s) per forward sequence",
+            self.attention["text"],
+            self.attention["vision"],
+            self.group_size,
+        )
+        shared = "on" if self.group_size > 1 else "off"
+        model = replace(self.config.model, attn_implementation=self.attention, shared_prefix=shared)
+        return replace(self.config, model=model)
 
     def prompts_and_images(self, rows: Sequence[dict]) -> tuple[list[str], list[Image.Image]]:
         """Rendered chat prompts (the one prompt builder) and the rows' images."""

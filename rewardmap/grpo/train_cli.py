@@ -10,6 +10,12 @@ from rewardmap.errors import InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "SIGTERM, SIGINT or SIGUSR1 finish the step, write a checkpoint and exit 75 (a second signal aborts at once). "
+        "Exit codes: 0 done, 1 unexpected error, 2 bad input, 3 too many non-finite steps "
+        "(trainer.max_nonfinite_steps), 4 a checkpoint or file could not be written, 5 another rank died or hung "
+        "(trainer.collective_timeout_s), 75 stopped by a signal; run the same command to resume (trainer.resume=auto)."
+    )
     parser.add_argument(
         "--config",
         action="append",
@@ -27,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from rewardmap.grpo.trainer import GRPOTrainer
 
     config = load_config(args.config or ["configs/reward_map.yaml"], args.overrides)
-    with join_world() as world:
+    with join_world(config.trainer.collective_timeout_s) as world:
         if config.sft.steps > 0:
             if world.size > 1:
                 raise InputError(

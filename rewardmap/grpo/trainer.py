@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,10 +21,17 @@ from tqdm import tqdm
 
 from rewardmap.config import RewardMapConfig, TrainerConfig, config_to_yaml
 from rewardmap.distributed import World, all_gather_lists, all_reduce_sum
-from rewardmap.eval.report import summarize
-from rewardmap.eval.runner import evaluate_rows
 from rewardmap.grpo import checkpoint
-from rewardmap.grpo.batching import Group, TrainBatch, completion_tensors, logprob_tensor, place_update, rollout_share
+from rewardmap.grpo.batching import (
+    Group,
+    TrainBatch,
+    completion_tensors,
+    logprob_tensor,
+    place_update,
+    rollout_share,
+    whole_batch,
+)
+from rewardmap.grpo.faults import StepBoundary
 from rewardmap.grpo.losses import (
     aggregate,
     clipped_policy_loss,
@@ -36,7 +43,9 @@ from rewardmap.grpo.losses import (
     truncated_is_weights,
 )
 from rewardmap.grpo.metrics import MetricsLogger, group_metrics, reward_metrics
-from rewardmap.grpo.setup import Components, build_components, row_image
+from rewardmap.grpo.samples import step_samples
+from rewardmap.grpo.setup import Components, build_components
+from rewardmap.grpo.validation import validate
 from rewardmap.models.logprobs import completion_logprobs
 from rewardmap.reward import score_batch
 from rewardmap.rollout import Sampling, prompt_seed
@@ -55,31 +64,20 @@ class GRPOTrainer:
         self.world = world
         self.run_dir = Path(config.trainer.output_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = MetricsLogger(self.run_dir, config, enabled=self.is_main)  # trackers start before the models
         self.parts: Components = build_components(config, world)
         # Completions per forward sequence: rollout.n when each group's prompt runs once (model.shared_prefix).
         self.group_size = self.parts.group_size
         if world.is_main:
-            attention = self.parts.attention
-            logger.info(
-                "attention: language model %s, vision tower %s; shared prefix: %d completion(s) per forward sequence",
-                attention["text"],
-                attention["vision"],
-                self.group_size,
-            )
-            # The run's config as resolved: each part's attention and whether prompts are shared, for later reading.
-            resolved = replace(
-                config.model, attn_implementation=attention, shared_prefix="on" if self.group_size > 1 else "off"
-            )
-            (self.run_dir / "config.yaml").write_text(config_to_yaml(replace(config, model=resolved)))
+            (self.run_dir / "config.yaml").write_text(config_to_yaml(self.parts.resolved_config()))
         self.step_count = 0
-        self.metrics = MetricsLogger(self.run_dir, tensorboard=config.trainer.tensorboard, enabled=self.is_main)
 
     @property
     def is_main(self) -> bool:
         return self.world.is_main
 
     def fit(self) -> Path:
-        """Train until the curriculum (or trainer.max_steps) is done; returns the final checkpoint directory."""
+        """Train until the curriculum (or trainer.max_steps) is done or StepBoundary stops it; the last checkpoint."""
         cfg = self.config.trainer
         resumed = checkpoint.resolve_resume(cfg.resume, self.run_dir)
         if resumed is not None:
@@ -89,7 +87,9 @@ class GRPOTrainer:
             logger.info("resumed from %s at step %d", resumed, self.step_count)
         total = len(self.parts.stream) if cfg.max_steps is None else min(cfg.max_steps, len(self.parts.stream))
         last = resumed
-        with tqdm(total=total, initial=self.step_count, desc="GRPO", disable=not self.is_main) as bar:
+        boundary = StepBoundary(cfg, self.world, self.run_dir, self.step_count, self.parts.backend)
+        bar = tqdm(total=total, initial=self.step_count, desc="GRPO", disable=not self.is_main)
+        with boundary, contextlib.closing(self.metrics), bar:
             while self.step_count < total:
                 stage, indices = self.parts.stream.next_batch()
                 metrics = self.step(stage, indices)
@@ -99,9 +99,8 @@ class GRPOTrainer:
                 self.metrics.log(self.step_count, metrics)
                 bar.update(1)
                 bar.set_postfix(stage=stage + 1, reward=f"{metrics['reward/mean']:.2f}")
-                if self.step_count % cfg.save_freq == 0 or self.step_count == total:
-                    last = self.save()
-        self.metrics.close()
+                due = self.step_count % cfg.save_freq == 0 or self.step_count == total
+                last = boundary.after(self.step_count, stage, metrics, due, self.save) or last
         return last if last is not None else self.save()
 
     def save(self) -> Path:
@@ -118,31 +117,8 @@ class GRPOTrainer:
         )
 
     def validate(self) -> dict[str, float]:
-        """Greedy answers on the held-out rows, each rank answering its share, scored with the evaluation code."""
-        parts, world, start = self.parts, self.world, time.perf_counter()
-        parts.engine.sync_weights(parts.model)
-        indices = whole_batch(list(range(len(parts.val_rows))), world.size)
-        mine = indices[world.shard(indices, "validation rows")]
-        answered = evaluate_rows(
-            parts.engine,
-            parts.processor,
-            [parts.val_rows[i] for i in mine],
-            sampling=Sampling(max_tokens=self.config.data.max_response_length, temperature=0.0),
-            batch_size=self.config.data.prompts_per_step,
-            image_fn=lambda row: row_image(row, parts.val_root, self.config.data),
-            progress=False,
-        )
-        parts.engine.sleep()
-        # Every rank's records, each held-out answer once (the padding repeats a few rows).
-        tagged = all_gather_lists([((mine[r["index"]], r.get("question")), r) for r in answered])
-        records = list(dict(tagged).values())
-        summary = summarize(records)
-        metrics = {
-            "val/accuracy": summary["overall"]["plain"],
-            "val/accuracy_weighted": summary["overall"]["weighted"],
-        }
-        metrics.update({f"val/{name}/accuracy": block["plain"] for name, block in summary["types"].items()})
-        return {**metrics, "timing/validation_s": time.perf_counter() - start}
+        """Greedy answers on the held-out rows, scored with the evaluation code (`validation.py`); val/ metrics."""
+        return validate(self.config, self.parts, self.world, self.metrics, self.step_count)
 
     def step(self, stage: int, indices: list[int]) -> dict[str, float]:
         """One GRPO step on the rows `indices` (the whole world's batch) of curriculum stage `stage`; its metrics."""
@@ -174,8 +150,10 @@ class GRPOTrainer:
                 round_number + 1,
             )
 
-        # 3-5. Reference log-probs, old log-probs when needed, and the optimizer steps, on this rank's share.
-        stats = self.train_on(kept, timings)
+        # 3-5. Reference log-probs, old log-probs when needed, and the optimizer steps, on this rank's share; none when
+        # the engine's log-probs are not finite (a policy gone NaN), which counts as a non-finite step.
+        nonfinite = sum(not all(map(math.isfinite, c.logprobs)) for group in kept for c in group.completions)
+        stats = {"optim/updates": 0.0, "optim/nonfinite_skipped": 1.0} if nonfinite else self.train_on(kept, timings)
 
         # 6. Metrics of the whole world's batch (every rank has every group; the main rank logs them).
         generated_rows = [parts.rows[g.row] for g in generated]
@@ -188,6 +166,7 @@ class GRPOTrainer:
         if cfg.reward.overlong_buffer:
             penalties = [r - s.total for g in generated for r, s in zip(g.rewards, g.scores, strict=True)]
             options["reward/overlong_penalty_mean"] = sum(penalties) / len(penalties)
+        self.metrics.log_samples("samples", step_samples(cfg, parts, generated, kept, stage, self.step_count + 1))
         return {
             **reward_metrics([s for g in generated for s in g.scores], generated_rows, cfg.rollout.n, stage),
             **group_metrics(generated, generated_rows),
@@ -199,6 +178,7 @@ class GRPOTrainer:
             "batch/sequences_per_rank": float(len(completions) // world.size),
             "response/length_mean": tokens / max(len(completions), 1),
             "response/finished_fraction": sum(c.finished for c in completions) / max(len(completions), 1),
+            "rollout/nonfinite_logprobs": float(nonfinite),
             "optim/lr": learning_rate(cfg.trainer, self.step_count),
             **{f"timing/{name}_s": value for name, value in timings.items()},
             "timing/step_s": seconds,
@@ -369,6 +349,8 @@ class GRPOTrainer:
             if entropy is not None:
                 per_token = per_token - algo.entropy_coef * entropy
             loss = aggregate(per_token, mask, algo.loss_agg, normalizer)
+            if not math.isfinite(loss.item()):  # a NaN gradient too (else it could be finite), so the step is skipped
+                loss = loss * math.nan
             parts.backend.backward(loss * world.size)  # backends average gradients over ranks; we want their sum
             share = mask.sum().item() / max(tokens, 1.0)
             ratio = torch.exp(log_ratio(logprobs.detach(), old, mask, algo.importance_level))
@@ -385,6 +367,7 @@ class GRPOTrainer:
         grad_norm = parts.backend.step(cfg.trainer.max_grad_norm)
         summed = all_reduce_sum(list(totals.values()), world.device)
         stats = {**dict(zip(totals, summed, strict=True)), "optim/grad_norm": grad_norm}
+        stats["optim/nonfinite_skipped"] = float(not math.isfinite(grad_norm))  # then the backend took no step
         if correcting:
             stats["rollout_is/weight_max"] = max(all_gather_lists([weight_max]))
         return stats
@@ -394,12 +377,6 @@ def learning_rate(trainer: TrainerConfig, step: int) -> float:
     """Linear warm-up over trainer.warmup_steps, then constant (the released schedule)."""
     scale = min(1.0, (step + 1) / trainer.warmup_steps) if trainer.warmup_steps else 1.0
     return trainer.lr * scale
-
-
-def whole_batch(indices: list[int], world_size: int) -> list[int]:
-    """`indices` padded with its own first rows to a multiple of the world size (a stage's last, partial batch)."""
-    missing = -len(indices) % world_size
-    return indices + [indices[i % len(indices)] for i in range(missing)]
 
 
 @contextlib.contextmanager

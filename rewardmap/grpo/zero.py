@@ -96,6 +96,8 @@ class DeepSpeedBackend:
 
     def step(self, max_grad_norm: float) -> float:
         assert max_grad_norm == self.max_grad_norm, "DeepSpeed clips at the norm its engine was built with"
+        # ZeRO-2/3 skip a step whose global gradient norm is inf or NaN themselves (clearing the gradients; bf16's
+        # check_grad_overflow is on by default) and then report the norm as inf.
         self.engine.step()
         return float(self.engine.get_global_grad_norm())
 

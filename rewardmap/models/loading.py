@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from rewardmap.errors import InputError
+from rewardmap.models.vision_attention import batch_vision_windows
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ def _hf_attention(attention: str | Mapping[str, str] | None, device: torch.devic
 
 def _ready(model: PreTrainedModel, gradient_checkpointing: bool) -> PreTrainedModel:
     """`model` in train mode, gradient checkpointing on if asked, the vision windows batched under sdpa."""
+    if model.config.vision_config._attn_implementation == "sdpa":
+        batch_vision_windows(model)
     if gradient_checkpointing:
         # Non-reentrant checkpointing also works when only LoRA adapters (not the inputs) require grad.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

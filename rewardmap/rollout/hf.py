@@ -29,7 +29,9 @@ class SampledLogprobs(LogitsProcessor):
         if self.previous is not None:  # the token picked from the previous step's scores is now input_ids[:, -1]
             self.picked.append(self.previous.gather(-1, input_ids[:, -1:]).squeeze(-1))
         self.previous = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        return scores
+        # Scores that are not finite (a policy gone NaN) are recorded as NaN log-probs, which the trainer reports as
+        # a non-finite step; sampling goes on from finite stand-ins instead of failing in torch.multinomial.
+        return scores if bool(torch.isfinite(scores).all()) else torch.nan_to_num(scores)
 
     def logprobs(self, new_tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) log-probs of the generated tokens (B, L); the last one comes from the final step's scores."""
