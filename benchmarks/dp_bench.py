@@ -53,9 +53,10 @@ PLACEMENT_KEYS = (
 )
 
 
-def launch(world_size: int, args: argparse.Namespace, work: Path) -> dict:
-    """Runs the worker in a torchrun world of `world_size` processes; returns its result.json."""
-    out = work / f"world{world_size}"
+def run_worker(name: str, world_size: int, extra: list[str], args: argparse.Namespace, work: Path) -> dict:
+    """Runs the worker with `extra` options in a torchrun world of `world_size` processes, its output in work/`name`
+    (and its log in work/`name`.log); returns its result.json."""
+    out = work / name
     command = [
         sys.executable,
         "-m",
@@ -63,10 +64,9 @@ def launch(world_size: int, args: argparse.Namespace, work: Path) -> dict:
         "--standalone",
         f"--nproc_per_node={world_size}",
         str(WORKER),
+        *extra,
         f"--model-dir={work / 'model'}",
-        f"--data-dir={work / 'data'}",
         f"--out-dir={out}",
-        f"--steps={args.steps}",
         f"--prompts={args.prompts}",
         f"--rollouts={args.n}",
         f"--tokens={args.tokens}",
@@ -74,13 +74,19 @@ def launch(world_size: int, args: argparse.Namespace, work: Path) -> dict:
         f"--micro-batch-size={args.micro_batch_size}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, args.cores // world_size)), "PYTHONPATH": str(REPO)}
-    print(f"world size {world_size}: running {args.steps} step(s) ...", file=sys.stderr, flush=True)
     done = subprocess.run(command, env=env, capture_output=True, text=True)
-    (work / f"world{world_size}.log").write_text(done.stdout + done.stderr)
+    (work / f"{name}.log").write_text(done.stdout + done.stderr)
     if done.returncode:
         sys.stderr.write((done.stdout + done.stderr)[-6000:])
-        raise RuntimeError(f"world size {world_size} failed (exit {done.returncode}); its log's tail is above")
+        raise RuntimeError(f"{name} failed (exit {done.returncode}); its log's tail is above")
     return json.loads((out / "result.json").read_text())
+
+
+def launch(world_size: int, args: argparse.Namespace, work: Path) -> dict:
+    """Runs the worker in a torchrun world of `world_size` processes; returns its result.json."""
+    print(f"world size {world_size}: running {args.steps} step(s) ...", file=sys.stderr, flush=True)
+    extra = [f"--data-dir={work / 'data'}", f"--steps={args.steps}"]
+    return run_worker(f"world{world_size}", world_size, extra, args, work)
 
 
 def phase_seconds(result: dict) -> dict[str, float]:
@@ -173,35 +179,10 @@ def report(results: dict[int, dict], tensors: dict, args: argparse.Namespace) ->
 def launch_compare(name: str, args: argparse.Namespace, work: Path) -> dict:
     """Runs the worker's placement comparison in a 2-process world on the dataset work/`name` (mixed sizes: also the
     batch sorted largest first); its result.json."""
-    out = work / f"compare_{name}"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(WORKER),
-        "--compare",
-        *(["--largest-first"] if name == "mixed" else []),
-        f"--model-dir={work / 'model'}",
-        f"--data-dir={work / name}",
-        f"--out-dir={out}",
-        f"--prompts={args.prompts}",
-        f"--rollouts={args.n}",
-        f"--tokens={args.tokens}",
-        f"--max-pixels={args.max_pixels}",
-        f"--micro-batch-size={args.micro_batch_size}",
-        f"--budget={args.budget}",
-        f"--repeats={args.repeats}",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, args.cores // 2)), "PYTHONPATH": str(REPO)}
     print(f"{name} map sizes: {args.repeats + 1} repeats of both placements ...", file=sys.stderr, flush=True)
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    (work / f"compare_{name}.log").write_text(done.stdout + done.stderr)
-    if done.returncode:
-        sys.stderr.write((done.stdout + done.stderr)[-6000:])
-        raise RuntimeError(f"{name} failed (exit {done.returncode}); its log's tail is above")
-    return json.loads((out / "result.json").read_text())
+    extra = ["--compare", *(["--largest-first"] if name == "mixed" else []), f"--data-dir={work / name}"]
+    extra += [f"--budget={args.budget}", f"--repeats={args.repeats}"]
+    return run_worker(f"compare_{name}", 2, extra, args, work)
 
 
 def compare_report(results: dict[str, dict], args: argparse.Namespace) -> str:
