@@ -10,6 +10,15 @@ steps after the first, which warms up), and how far world size 2's first update 
 both sampled the same tokens (per-prompt seeds should make them), the loss, the gradients (gathered whole just before
 the optimizer step), the grad norm (the trainer's fp32 one, and fp64 from those gradients) and the updated weights,
 each beside its scale. On a shared machine the seconds are noisy.
+
+`python benchmarks/dp_bench.py --mixed [--repeats 3]` (about 25 minutes on 2 loaded cores) instead compares placements
+in one 2-process world per dataset: maps of three sizes (--max-pixels, 1/2 and 1/4 of it: 4x in visual tokens between
+the smallest and the largest), then maps of one size. In each world the first batch's step runs under today's
+placement (contiguous shares, --micro-batch-size sequences a pass) and balanced shares with passes of at most --budget
+tokens (default: the batch's largest group, what a fixed micro-batch is sized for), in turn (the order flips each
+repeat, one warm-up repeat first); on mixed sizes also the same batch sorted largest first. Printed: the slowest
+rank's seconds of the reference pass, the update, the rollout and the whole step, median of --repeats, their ratios,
+and the placement metrics of the step.
 """
 
 import argparse
@@ -34,11 +43,20 @@ from rewardmap.synth import generate_dataset  # noqa: E402
 WORKER = Path(__file__).resolve().parent / "dp_bench_worker.py"
 PHASES = ("rollout", "reward", "ref_logprobs", "update", "step", "wall")
 WORLD_SIZES = (1, 2)
+COMPARED = ("ref_logprobs", "update", "rollout", "wall")
+PLACEMENT_KEYS = (
+    "balance/max_over_mean",
+    "balance/lockstep_over_mean",
+    "balance/rollout_max_over_mean",
+    "batch/micro_batches_per_rank",
+    "batch/padding_fraction",
+)
 
 
-def launch(world_size: int, args: argparse.Namespace, work: Path) -> dict:
-    """Runs the worker in a torchrun world of `world_size` processes; returns its result.json."""
-    out = work / f"world{world_size}"
+def run_worker(name: str, world_size: int, extra: list[str], args: argparse.Namespace, work: Path) -> dict:
+    """Runs the worker with `extra` options in a torchrun world of `world_size` processes, its output in work/`name`
+    (and its log in work/`name`.log); returns its result.json."""
+    out = work / name
     command = [
         sys.executable,
         "-m",
@@ -46,10 +64,9 @@ def launch(world_size: int, args: argparse.Namespace, work: Path) -> dict:
         "--standalone",
         f"--nproc_per_node={world_size}",
         str(WORKER),
+        *extra,
         f"--model-dir={work / 'model'}",
-        f"--data-dir={work / 'data'}",
         f"--out-dir={out}",
-        f"--steps={args.steps}",
         f"--prompts={args.prompts}",
         f"--rollouts={args.n}",
         f"--tokens={args.tokens}",
@@ -57,13 +74,19 @@ def launch(world_size: int, args: argparse.Namespace, work: Path) -> dict:
         f"--micro-batch-size={args.micro_batch_size}",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, args.cores // world_size)), "PYTHONPATH": str(REPO)}
-    print(f"world size {world_size}: running {args.steps} step(s) ...", file=sys.stderr, flush=True)
     done = subprocess.run(command, env=env, capture_output=True, text=True)
-    (work / f"world{world_size}.log").write_text(done.stdout + done.stderr)
+    (work / f"{name}.log").write_text(done.stdout + done.stderr)
     if done.returncode:
         sys.stderr.write((done.stdout + done.stderr)[-6000:])
-        raise RuntimeError(f"world size {world_size} failed (exit {done.returncode}); its log's tail is above")
+        raise RuntimeError(f"{name} failed (exit {done.returncode}); its log's tail is above")
     return json.loads((out / "result.json").read_text())
+
+
+def launch(world_size: int, args: argparse.Namespace, work: Path) -> dict:
+    """Runs the worker in a torchrun world of `world_size` processes; returns its result.json."""
+    print(f"world size {world_size}: running {args.steps} step(s) ...", file=sys.stderr, flush=True)
+    extra = [f"--data-dir={work / 'data'}", f"--steps={args.steps}"]
+    return run_worker(f"world{world_size}", world_size, extra, args, work)
 
 
 def phase_seconds(result: dict) -> dict[str, float]:
@@ -153,6 +176,47 @@ def report(results: dict[int, dict], tensors: dict, args: argparse.Namespace) ->
     return "\n".join(lines)
 
 
+def launch_compare(name: str, args: argparse.Namespace, work: Path) -> dict:
+    """Runs the worker's placement comparison in a 2-process world on the dataset work/`name` (mixed sizes: also the
+    batch sorted largest first); its result.json."""
+    print(f"{name} map sizes: {args.repeats + 1} repeats of both placements ...", file=sys.stderr, flush=True)
+    extra = ["--compare", *(["--largest-first"] if name == "mixed" else []), f"--data-dir={work / name}"]
+    extra += [f"--budget={args.budget}", f"--repeats={args.repeats}"]
+    return run_worker(f"compare_{name}", 2, extra, args, work)
+
+
+def compare_report(results: dict[str, dict], args: argparse.Namespace) -> str:
+    """The placement table: per dataset and batch order, today's and the balanced token-budget step side by side."""
+
+    def median(runs: list, key: str) -> float:  # the slowest rank's figure, median over the repeats
+        return statistics.median(max(rank[key] for rank in ranks) for ranks in runs)
+
+    columns = {f"{name} sizes, {order}": runs for name, r in results.items() for order, runs in r["runs"].items()}
+    budgets = ", ".join(f"{name} {r['budget']:,}" for name, r in results.items())
+    lines = [
+        f"Placement, 2 processes x {max(1, args.cores // 2)} thread (gloo, CPU), {args.prompts} prompts x {args.n} "
+        f"rollouts x {args.tokens} tokens, fp32. today: contiguous shares, micro-batch {args.micro_batch_size}; "
+        f"balanced: balanced shares, passes of at most the batch's largest group ({budgets} tokens). Seconds of the "
+        f"slowest rank, median of {args.repeats}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
+        "",
+        "| | " + " | ".join(f"{column}: today | balanced | speed-up" for column in columns) + " |",
+        "| --- |" + " ---: | ---: | ---: |" * len(columns),
+    ]
+    labels = {"ref_logprobs": "reference pass s", "update": "update s", "rollout": "rollout s", "wall": "step s"}
+    for phase in COMPARED:
+        cells = []
+        for runs in columns.values():
+            today, balanced = (median(runs[side], f"{phase}_s") for side in ("today", "balanced"))
+            cells += [f"{today:.2f}", f"{balanced:.2f}", f"{today / balanced:.2f}x"]
+        lines.append(f"| {labels[phase]} | " + " | ".join(cells) + " |")
+    for key in PLACEMENT_KEYS:
+        cells = []
+        for runs in columns.values():
+            cells += [f"{runs[side][0][0][key]:.2f}" for side in ("today", "balanced")] + [""]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The benchmark's options."""
     parser.add_argument(
@@ -161,10 +225,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step (whole world)")
     parser.add_argument("--n", type=int, default=4, help="rollouts per prompt")
     parser.add_argument("--tokens", type=int, default=16, help="response tokens (EOS is suppressed until then)")
-    parser.add_argument("--max-pixels", type=int, default=50176, help="map pixel budget per prompt")
+    parser.add_argument(
+        "--max-pixels", type=int, default=None, help="map pixel budget per prompt (50,176; --mixed: 401,408)"
+    )
     parser.add_argument("--micro-batch-size", type=int, default=4, help="sequences per forward/backward")
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="threads of the one-process world")
     parser.add_argument("--workdir", type=Path, default=None, help="where to build model/data (default: a temp dir)")
+    parser.add_argument("--mixed", action="store_true", help="compare placements on mixed and equal map sizes")
+    parser.add_argument(
+        "--budget", type=int, default=0, help="micro_batch_tokens of the balanced side (0: the batch's largest group)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per placement (--mixed)")
 
 
 def run_bench(args: argparse.Namespace, work: Path) -> str:
@@ -172,6 +243,12 @@ def run_bench(args: argparse.Namespace, work: Path) -> str:
     if not (work / "model").exists():
         build_tiny_model(work / "model", seed=0)
         generate_dataset(work / "data", cities=3, seed=0)
+    if args.mixed:
+        sizes = {"mixed": (args.max_pixels, args.max_pixels // 2, args.max_pixels // 4), "equal": None}
+        for name, pixels in sizes.items():
+            if not (work / name).exists():  # 4 cities: 3 train (one map size each), 1 held out
+                generate_dataset(work / name, cities=4, seed=0, map_pixels=pixels or (args.max_pixels,))
+        return compare_report({name: launch_compare(name, args, work) for name in sizes}, args)
     results = {size: launch(size, args, work) for size in WORLD_SIZES}
     return report(results, tensor_differences(work), args)
 
@@ -180,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
+    args.max_pixels = args.max_pixels or (401408 if args.mixed else 50176)
     if args.prompts % max(WORLD_SIZES):
         parser.error(f"--prompts must be a multiple of {max(WORLD_SIZES)} (each rank trains whole groups)")
     if args.workdir is not None:

@@ -3,7 +3,9 @@
 Run by `dp_bench.py` as `torchrun --standalone --nproc_per_node N benchmarks/dp_bench_worker.py --model-dir ...`.
 The main rank writes `result.json` (per-rank phase seconds and sequence counts of each step, the first step's loss,
 grad norm and sampled token ids) and `weights.pt` (the full weights before and after the first step, and the step's
-gradients before clipping).
+gradients before clipping). With --compare it instead times one batch's step under two placements in turn, today's
+(contiguous shares, --micro-batch-size) and balanced shares with --budget-token passes, and writes `result.json`
+(per batch order, placement and repeat, each rank's phase seconds and the step's balance and batch metrics).
 """
 
 import argparse
@@ -11,6 +13,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -25,6 +28,13 @@ from rewardmap.distributed import World, all_gather_lists, full_tensor, join_wor
 from rewardmap.grpo.trainer import GRPOTrainer  # noqa: E402
 
 PHASES = ("rollout", "reward", "ref_logprobs", "update", "step")
+PLACEMENT = (
+    "balance/max_over_mean",
+    "balance/lockstep_over_mean",
+    "balance/rollout_max_over_mean",
+    "batch/micro_batches_per_rank",
+    "batch/padding_fraction",
+)
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
@@ -104,6 +114,46 @@ def run(args: argparse.Namespace, world: World) -> None:
         torch.save({"before": before, "grads": grads, "after": after}, args.out_dir / "weights.pt")
 
 
+def compare(args: argparse.Namespace, world: World) -> None:
+    """The first batch's step under today's placement and the balanced token-budget one, in turn (the order flips
+    each repeat; one warm-up repeat first), every completion --tokens long; the batch in stream order and, with
+    --largest-first, also sorted by prompt length (today's contiguous shares at their most uneven)."""
+    trainer = GRPOTrainer(load_config(REPO / "configs" / "demo.yaml", overrides(args)), world)
+    parts = trainer.parts
+    parts.model.generation_config.min_new_tokens = args.tokens
+    stage, indices = parts.stream.next_batch()
+    tokens = parts.prompt_tokens([parts.rows[i] for i in indices])
+    batches = {"stream order": indices}
+    if args.largest_first:
+        batches["largest maps first"] = [
+            i for _, i in sorted(zip(tokens, indices, strict=True), key=lambda pair: -pair[0])
+        ]
+    # the budget a fixed micro-batch is sized by: the batch's largest group (a forward row: the prompt, then its
+    # group_size completions)
+    rows = args.rollouts // trainer.group_size
+    budget = args.budget or rows * (max(tokens) + trainer.group_size * args.tokens)
+    base = trainer.config
+    sides = {
+        "today": replace(base.trainer, balance_batch=False, micro_batch_tokens=None),
+        "balanced": replace(base.trainer, balance_batch=True, micro_batch_tokens=budget),
+    }
+    runs: dict[str, dict] = {batch: {name: [] for name in sides} for batch in batches}
+    for batch, rows_of_batch in batches.items():
+        for repeat in range(args.repeats + 1):
+            for name in list(sides)[:: 1 if repeat % 2 else -1]:
+                trainer.config = replace(base, trainer=sides[name])
+                start = time.perf_counter()
+                metrics = trainer.step(stage, rows_of_batch)
+                mine = {f"{p}_s": metrics.get(f"timing/{p}_s", 0.0) for p in PHASES}
+                mine |= {"wall_s": time.perf_counter() - start} | {key: metrics[key] for key in PLACEMENT}
+                ranks = all_gather_lists([mine])
+                if repeat:  # the first repeat warms up
+                    runs[batch][name].append(ranks)
+    if world.is_main:
+        result = {"world_size": world.size, "budget": budget, "prompt_tokens": tokens, "runs": runs}
+        (args.out_dir / "result.json").write_text(json.dumps(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, required=True, help="the tiny model's directory")
@@ -115,10 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=24, help="response tokens (EOS suppressed until then)")
     parser.add_argument("--max-pixels", type=int, default=50176, help="data.max_pixels")
     parser.add_argument("--micro-batch-size", type=int, default=4, help="trainer.micro_batch_size")
+    parser.add_argument("--compare", action="store_true", help="compare placements instead (see the docstring)")
+    parser.add_argument("--budget", type=int, default=0, help="micro_batch_tokens (0: the batch's largest group)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per placement (--compare)")
+    parser.add_argument("--largest-first", action="store_true", help="also the batch sorted by size (--compare)")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     with join_world() as world:
-        run(args, world)
+        (compare if args.compare else run)(args, world)
     return 0
 
 

@@ -286,6 +286,11 @@ class TrainerConfig:
     """Gradient-norm clip."""
     micro_batch_size: int = 1
     """Sequences per forward/backward in the update and log-prob passes (gradients accumulate to one step)."""
+    micro_batch_tokens: int | None = None
+    """Instead of micro_batch_size: each pass holds as many whole groups as fit this many tokens, padding included,
+    groups of alike length together (at least one group; one over the budget runs alone). None: off."""
+    balance_batch: bool = True
+    """Rank shares of equal cost (rollout: prompt tokens; update: + completions), not contiguous slices (placement)."""
     mini_batches_per_step: int = 1
     """Optimizer steps per rollout batch (verl's ppo_mini_batch_size = batch / this); > 1 computes old log-probs."""
     max_steps: int | None = None
@@ -344,6 +349,8 @@ class TrainerConfig:
                 f"trainer.micro_batch_size={self.micro_batch_size} and "
                 f"trainer.mini_batches_per_step={self.mini_batches_per_step} must all be >= 1"
             )
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < 1:
+            raise InputError(f"trainer.micro_batch_tokens={self.micro_batch_tokens} must be >= 1, or null (off)")
         if self.max_nonfinite_steps < 1:
             raise InputError(f"trainer.max_nonfinite_steps={self.max_nonfinite_steps} must be >= 1")
 

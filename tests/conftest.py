@@ -55,6 +55,16 @@ def synth_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mixed_maps_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset whose training cities' maps have three sizes: 238, 56 and 12 visual tokens (at most
+    200,704, 50,176 and 12,544 pixels; train with data.max_pixels=200704), so a batch mixes map sizes."""
+    from rewardmap.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("mixed") / "data"
+    return generate_dataset(out, cities=4, seed=0, map_pixels=(200704, 50176, 12544))
+
+
+@pytest.fixture(scope="session")
 def warm_model_dir(tiny_model_dir: Path, synth_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model after a short SFT warm start on the synthetic rows: answers in format some of the time, so
     a group's rewards can differ (the untrained model scores 0 everywhere)."""

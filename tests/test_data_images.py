@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from qwen_vl_utils import smart_resize
 
-from rewardmap.data.images import fit_image, load_image
+from rewardmap.data.images import fit_image, image_tokens, load_image
 
 SMALL = 200_000  # a small pixel budget keeps the tests fast
 
@@ -38,6 +38,19 @@ def test_every_figure_form_gives_the_same_image(maps_root, tmp_path):
     assert images[0].size == expected_size(path) and images[0].mode == "RGB"
     for image in images[1:]:
         assert np.array_equal(np.asarray(image), reference)
+
+
+@pytest.mark.parametrize("size", [(1000, 800), (3000, 500), (40, 30)])
+def test_image_tokens_come_from_the_header_in_every_figure_form(tmp_path, size):
+    """What the trainer balances by: the visual tokens of the map fit_image makes, whatever form the figure takes."""
+    image = Image.new("RGB", size, (255, 255, 255))
+    path = tmp_path / "map.png"
+    image.save(path)
+    data = path.read_bytes()
+    width, height = fit_image(image, max_pixels=SMALL).size
+    forms = [path.name, str(path), data, "data:image/png;base64," + base64.b64encode(data).decode(), {"bytes": data}]
+    for figure in [*forms, image]:
+        assert image_tokens(figure, root=tmp_path, max_pixels=SMALL) == (width // 28) * (height // 28)
 
 
 def test_missing_figure_names_the_path(maps_root):

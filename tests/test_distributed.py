@@ -26,6 +26,13 @@ from rewardmap.models.merge import load_checkpoint_model, merge_checkpoint
 from .test_grpo_trainer import DEMO, REPO, small_overrides
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+MIXED_MAPS = (
+    "--sample",
+    "data.max_pixels=200704",
+    "data.prompts_per_step=4",
+    "data.max_response_length=8",
+    "trainer.micro_batch_tokens=600",
+)
 pytestmark = pytest.mark.slow
 
 
@@ -72,21 +79,30 @@ def test_ranks_take_disjoint_whole_groups():
         pytest.param(
             ("data.prompts_per_step=4", "trainer.mini_batches_per_step=2", "algorithm.ppo_epochs=2"), id="mini-batches"
         ),
+        # a whole step on maps of three sizes (mixed_maps_dataset_dir): sampled, then trained in balanced shares
+        # of 600-token passes
+        pytest.param(MIXED_MAPS, id="balanced mixed maps"),
     ],
 )
-def test_update_and_merge_are_invariant_to_world_size(tiny_model_dir, synth_dataset_dir, tmp_path, options):
+def test_update_and_merge_are_invariant_to_world_size(tiny_model_dir, synth_dataset_dir, tmp_path, options, request):
     script = str(REPO / "tests" / "dp_update_script.py")
+    data = request.getfixturevalue("mixed_maps_dataset_dir") if options == MIXED_MAPS else synth_dataset_dir
     for size in (1, 2):
         out = tmp_path / f"world{size}"
-        command = torchrun(size, script, str(tiny_model_dir), str(synth_dataset_dir), str(out), *options)
+        command = torchrun(size, script, str(tiny_model_dir), str(data), str(out), *options)
         subprocess.run(command, env=ENV, check=True)
     one, two = (json.loads((tmp_path / f"world{n}" / "stats.json").read_text()) for n in (1, 2))
     assert sorted(two["trained_prompts"][0] + two["trained_prompts"][1]) == sorted(one["trained_prompts"][0])
+    assert two["sampled"] == one["sampled"], "seeds by global index: the same samples whatever rank draws a prompt"
     for key in ("loss/total", "loss/policy", "loss/kl", "loss/entropy", "loss/ratio_mean", "loss/clip_fraction"):
         assert two[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key
     assert two["optim/grad_norm"] == pytest.approx(one["optim/grad_norm"], rel=1e-6)  # summed in fp64 per shard
     assert one["optim/grad_norm"] > 0
-    if options:
+    if options == MIXED_MAPS:  # balancing moved prompts and groups off their contiguous ranks, passes were packed
+        assert two["balance/rollout_max_over_mean"] < two["balance/rollout_max_over_mean_before"]
+        assert two["balance/max_over_mean"] < two["balance/max_over_mean_before"]
+        assert two["batch/micro_batches_per_rank"] < one["batch/micro_batches_per_rank"]
+    elif options:
         assert one["loss/kl"] > 0 and one["loss/ratio_mean"] != 1.0, "later optimizer steps must be off-policy"
     weights_one, weights_two = (load_file(tmp_path / f"world{n}" / "weights.safetensors") for n in (1, 2))
     base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
@@ -121,15 +137,19 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return model.state_dict()
 
 
-def _two_process_overrides(tiny_model_dir: Path, synth_dataset_dir: Path, out: Path, *extra: str) -> list[str]:
-    return small_overrides(tiny_model_dir, synth_dataset_dir, out, "trainer.save_limit=5", *extra)
+# Maps of three sizes in balanced shares and token-budget passes (the placement depends on nothing random).
+BALANCED = ("data.max_pixels=200704", "trainer.micro_batch_tokens=600", "trainer.balance_batch=true")
+
+
+def _two_process_overrides(tiny_model_dir: Path, mixed_maps_dataset_dir: Path, out: Path, *extra: str) -> list[str]:
+    return small_overrides(tiny_model_dir, mixed_maps_dataset_dir, out, "trainer.save_limit=5", *BALANCED, *extra)
 
 
 @pytest.fixture(scope="module")
-def straight_two_process_run(tiny_model_dir, synth_dataset_dir, module_dir) -> Path:
+def straight_two_process_run(tiny_model_dir, mixed_maps_dataset_dir, module_dir) -> Path:
     """A 2-process run of 4 steps, never interrupted: what the killed and the signalled runs must reproduce."""
     out = module_dir / "straight"
-    overrides = _two_process_overrides(tiny_model_dir, synth_dataset_dir, out, "trainer.save_freq=1")
+    overrides = _two_process_overrides(tiny_model_dir, mixed_maps_dataset_dir, out, "trainer.save_freq=1")
     subprocess.run(torchrun(2, *train_args(*overrides)), env=ENV, check=True, cwd=REPO)
     return out
 
@@ -143,15 +163,16 @@ def _assert_resumed_exactly(straight: Path, resumed: Path) -> None:
     for step in (3, 4):
         for key in ("loss/total", "loss/kl", "reward/mean", "response/length_mean", "optim/grad_norm"):
             assert second[step][key] == first[step][key], (step, key)
+        assert second[step]["balance/rollout_max_over_mean"] == first[step]["balance/rollout_max_over_mean"]
     final_a, final_b = _weights(checkpoint.latest(straight)), _weights(checkpoint.latest(resumed))
     assert all(torch.equal(final_a[name], final_b[name]) for name in final_a), "resumed weights differ"
     assert json.loads((checkpoint.latest(resumed) / "trainer_state.json").read_text())["world_size"] == 2
 
 
 def test_two_process_run_resumes_exactly_after_sigkill(
-    straight_two_process_run, tiny_model_dir, synth_dataset_dir, tmp_path
+    straight_two_process_run, tiny_model_dir, mixed_maps_dataset_dir, tmp_path
 ):
-    overrides = _two_process_overrides(tiny_model_dir, synth_dataset_dir, tmp_path, "trainer.save_freq=1")
+    overrides = _two_process_overrides(tiny_model_dir, mixed_maps_dataset_dir, tmp_path, "trainer.save_freq=1")
     process = subprocess.Popen(torchrun(2, *train_args(*overrides)), env=ENV, cwd=REPO, start_new_session=True)
     deadline = time.time() + 300
     while not (tmp_path / "checkpoints" / "step_000002" / "COMPLETE").is_file():
@@ -164,12 +185,12 @@ def test_two_process_run_resumes_exactly_after_sigkill(
 
 
 def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_with_a_checkpoint(
-    straight_two_process_run, tiny_model_dir, synth_dataset_dir, tmp_path
+    straight_two_process_run, tiny_model_dir, mixed_maps_dataset_dir, tmp_path
 ):
     """torchrun passes the SIGTERM on to both ranks; they agree at the end of step 2 (the step being trained), save
     it (save_freq=100: no other save before the end), exit 75 each; torchrun itself exits 1 (its SignalException).
     Started again, the run ends as the uninterrupted one, bit for bit."""
-    overrides = _two_process_overrides(tiny_model_dir, synth_dataset_dir, tmp_path, "trainer.save_freq=100")
+    overrides = _two_process_overrides(tiny_model_dir, mixed_maps_dataset_dir, tmp_path, "trainer.save_freq=100")
     process = subprocess.Popen(
         torchrun(2, *train_args(*overrides)), env=ENV, cwd=REPO, stderr=subprocess.PIPE, text=True
     )

@@ -1,33 +1,16 @@
 """GRPO variants on the real tiny model: several updates per rollout batch, dynamic sampling, Dr.GRPO / GSPO /
-rollout-IS / overlong options, the sparse-reward diagnostics, and the plumbing they share (shards, draws)."""
+rollout-IS / overlong options, the sparse-reward diagnostics, and the plumbing they share (draws)."""
 
 import pytest
 import torch
 
 from rewardmap.config import load_config
 from rewardmap.data.curriculum import CurriculumStream
-from rewardmap.distributed import World
-from rewardmap.grpo.batching import Group, update_shards
+from rewardmap.grpo.batching import Group
 from rewardmap.grpo.metrics import group_metrics
 from rewardmap.grpo.trainer import GRPOTrainer
 from rewardmap.rollout import Completion
 from tests.test_grpo_trainer import DEMO, small_overrides
-
-CPU = torch.device("cpu")
-
-
-def test_update_shards_split_mini_batches_over_ranks_in_whole_groups():
-    ranks = [World(rank, 2, rank, CPU) for rank in (0, 1)]
-    # 8 groups, 2 mini-batches, 2 ranks: each mini-batch is split over the ranks
-    assert [update_shards(8, 2, w) for w in ranks] == [
-        [[(0, True), (1, True)], [(4, True), (5, True)]],
-        [[(2, True), (3, True)], [(6, True), (7, True)]],
-    ]
-    # the defaults: one mini-batch, each rank its contiguous share (as the rollouts were sharded)
-    assert update_shards(4, 1, ranks[1]) == [[(2, True), (3, True)]]
-    # 3 groups kept by dynamic sampling on 2 ranks: rank 1 is topped up with a copy that trains on nothing
-    assert [update_shards(3, 1, w) for w in ranks] == [[[(0, True), (1, True)]], [[(2, True), (0, False)]]]
-    assert update_shards(0, 2, ranks[0]) == []
 
 
 def test_zero_variance_groups_and_diagnostics():
@@ -133,9 +116,9 @@ def test_dynamic_sampling_refills_from_the_same_stage(warm_model_dir, synth_data
     seen: list[list[int]] = []
     rollout = trainer._rollout
 
-    def recording_rollout(rows, first_index, timings):
+    def recording_rollout(rows, *rest):
         seen.append(list(rows))
-        return rollout(rows, first_index, timings)
+        return rollout(rows, *rest)
 
     trainer._rollout = recording_rollout
     metrics = trainer.step(stage, indices)

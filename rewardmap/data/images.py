@@ -83,6 +83,29 @@ def fit_image(image: Image.Image, *, min_pixels: int = MIN_PIXELS, max_pixels: i
     return image.convert("RGB")
 
 
+def image_tokens(
+    figure: Any,
+    *,
+    root: str | Path,
+    min_pixels: int = MIN_PIXELS,
+    max_pixels: int = MAX_PIXELS,
+    max_source_pixels: int = MAX_SOURCE_PIXELS,
+) -> int:
+    """The visual tokens a row's figure becomes, ceil(w / 28) * ceil(h / 28) at its `smart_resize` size, read from the
+    image's header alone (no pixels decoded)."""
+    from qwen_vl_utils import smart_resize
+
+    source = figure_source(figure, root)
+    if isinstance(source, Image.Image):
+        size = source.size
+    else:
+        label = str(source) if isinstance(source, Path) else f"<{len(source)} embedded bytes>"
+        with _open(source, label, max_source_pixels) as image:
+            size = image.size
+    height, width = smart_resize(size[1], size[0], factor=FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
+    return -(-height // FACTOR) * -(-width // FACTOR)
+
+
 def _open(source: Path | bytes, label: str, max_source_pixels: int) -> Image.Image:
     """Open `source` lazily (pixels are read by `fit_image`), refusing more than `max_source_pixels` pixels."""
     with _pixel_cap(max_source_pixels):

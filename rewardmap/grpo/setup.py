@@ -14,7 +14,7 @@ from transformers import AutoConfig
 
 from rewardmap.config import DataConfig, RewardMapConfig
 from rewardmap.data.curriculum import CurriculumStream
-from rewardmap.data.images import load_image
+from rewardmap.data.images import image_tokens, load_image
 from rewardmap.data.loading import MapDataset, load_rows
 from rewardmap.data.prompts import prompt_tensors, render_prompt
 from rewardmap.distributed import World, fill_from_rank0, shard_model
@@ -93,6 +93,23 @@ class Components:
         """Rendered chat prompts (the one prompt builder) and the rows' images."""
         prompts = [render_prompt(self.processor, row["question"]) for row in rows]
         return prompts, [row_image(row, self.rows.root, self.config.data) for row in rows]
+
+    def prompt_tokens(self, rows: Sequence[dict]) -> list[int]:
+        """Each row's prompt length in tokens before any pixel is decoded: its rendered prompt's tokens, the one image
+        placeholder counted as the map's visual tokens (what `prompt_inputs` will hold)."""
+        if not rows:  # the tokenizer refuses an empty list
+            return []
+        data = self.config.data
+        texts = self.processor.tokenizer([render_prompt(self.processor, row["question"]) for row in rows])["input_ids"]
+        pixels = {
+            "min_pixels": data.min_pixels,
+            "max_pixels": data.max_pixels,
+            "max_source_pixels": data.max_decode_pixels,
+        }
+        return [
+            len(ids) - 1 + image_tokens(row["figure"], root=self.rows.root, **pixels)
+            for ids, row in zip(texts, rows, strict=True)
+        ]
 
     def prompt_inputs(self, prompts: Sequence[str], images: Sequence[Image.Image]) -> dict:
         """Left-padded prompt tensors on the world's device; refuses prompts over data.max_prompt_length tokens."""

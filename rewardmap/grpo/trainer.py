@@ -22,7 +22,15 @@ from tqdm import tqdm
 from rewardmap.config import RewardMapConfig, TrainerConfig, config_to_yaml
 from rewardmap.distributed import World, all_gather_lists, all_reduce_sum
 from rewardmap.grpo import checkpoint
-from rewardmap.grpo.batching import Group, TrainBatch, completion_tensors, logprob_tensor, update_shards, whole_batch
+from rewardmap.grpo.batching import (
+    Group,
+    TrainBatch,
+    completion_tensors,
+    logprob_tensor,
+    place_update,
+    rollout_share,
+    whole_batch,
+)
 from rewardmap.grpo.faults import StepBoundary
 from rewardmap.grpo.losses import (
     aggregate,
@@ -39,7 +47,6 @@ from rewardmap.grpo.samples import step_samples
 from rewardmap.grpo.setup import Components, build_components
 from rewardmap.grpo.validation import validate
 from rewardmap.models.logprobs import completion_logprobs
-from rewardmap.models.shared_prefix import micro_batches
 from rewardmap.reward import score_batch
 from rewardmap.rollout import Sampling, prompt_seed
 
@@ -118,6 +125,7 @@ class GRPOTrainer:
         cfg, parts, world, algo = self.config, self.parts, self.world, self.config.algorithm
         batch = whole_batch(indices, world.size)
         timings: dict[str, float] = {}
+        placement: dict[str, float] = {}  # how evenly the ranks' shares came out (balance/..., batch/...)
         with _timer(timings, "weight_sync"):
             parts.engine.sync_weights(parts.model)
 
@@ -128,7 +136,7 @@ class GRPOTrainer:
         for round_number in range(algo.max_filter_rounds if algo.filter_zero_variance_groups else 1):
             key = (cfg.trainer.seed, self.step_count, round_number)
             rows = batch if round_number == 0 else parts.stream.draw(stage, len(batch), key)
-            groups = self._rollout(rows, round_number * len(batch), timings)
+            groups = self._rollout(rows, round_number * len(batch), timings, placement)
             generated += groups
             kept += [g for g in groups if not (algo.filter_zero_variance_groups and g.zero_variance)]
             if len(kept) >= len(batch):
@@ -163,6 +171,7 @@ class GRPOTrainer:
             **reward_metrics([s for g in generated for s in g.scores], generated_rows, cfg.rollout.n, stage),
             **group_metrics(generated, generated_rows),
             **options,
+            **placement,
             **stats,
             "batch/tokens": tokens,
             "batch/sequences": float(len(completions)),
@@ -176,31 +185,36 @@ class GRPOTrainer:
             "timing/tokens_per_s": tokens / max(seconds, 1e-9),
         }
 
-    def _rollout(self, rows: list[int], first_index: int, timings: dict[str, float]) -> list[Group]:
-        """Every group of the world's batch `rows`: each rank samples and scores its share, then all are gathered.
+    def _rollout(
+        self, rows: list[int], first_index: int, timings: dict[str, float], placement: dict[str, float]
+    ) -> list[Group]:
+        """Every group of the world's batch `rows`, in its order: each rank samples and scores its share (by prompt
+        tokens with trainer.balance_batch; the first round's balance goes into `placement`), then all are gathered.
 
         A prompt's seed comes from (rollout.seed, step, first_index + its place in `rows`): a resumed run samples the
-        same, and so does any world size.
+        same, and so does any world size or share.
         """
         cfg, parts, world, n = self.config, self.parts, self.world, self.config.rollout.n
-        mine = world.shard(rows, "prompts")
+        mine, balance = rollout_share(
+            parts.prompt_tokens([parts.rows[i] for i in rows]), world, cfg.trainer.balance_batch
+        )
+        if first_index == 0:
+            placement.update(balance)
         with _timer(timings, "rollout"):
-            prompts, images = parts.prompts_and_images([parts.rows[i] for i in rows[mine]])
+            prompts, images = parts.prompts_and_images([parts.rows[rows[i]] for i in mine])
             sampling = Sampling(
                 max_tokens=cfg.data.max_response_length,
                 temperature=cfg.rollout.temperature,
                 top_p=cfg.rollout.top_p,
                 top_k=cfg.rollout.top_k,
             )
-            seeds = [
-                prompt_seed(cfg.rollout.seed, self.step_count, first_index + i) for i in range(mine.start, mine.stop)
-            ]
+            seeds = [prompt_seed(cfg.rollout.seed, self.step_count, first_index + i) for i in mine]
             samples = parts.engine.generate(prompts, images, n, sampling, seeds)
         with _timer(timings, "reward"):
             completions = [c for group in samples for c in group]
             scores = score_batch(
                 [c.text for c in completions],
-                [parts.rows[i] for i in rows[mine] for _ in range(n)],
+                [parts.rows[rows[i]] for i in mine for _ in range(n)],
                 variant=cfg.reward.variant,
                 mode=cfg.reward.mode,
                 counting1_detail=cfg.reward.counting1_detail,
@@ -212,21 +226,23 @@ class GRPOTrainer:
             )
             rewards = (torch.tensor([s.total for s in scores], dtype=torch.float32) + penalty).tolist()
             groups = [
-                Group(row, samples[k], scores[k * n : (k + 1) * n], rewards[k * n : (k + 1) * n])
-                for k, row in enumerate(rows[mine])
+                (i, Group(rows[i], samples[k], scores[k * n : (k + 1) * n], rewards[k * n : (k + 1) * n]))
+                for k, i in enumerate(mine)
             ]
-            return all_gather_lists(groups)
+            return [group for _, group in sorted(all_gather_lists(groups), key=lambda pair: pair[0])]
 
     def train_on(self, groups: list[Group], timings: dict[str, float]) -> dict[str, float]:
         """The update on the step's groups (the whole world's, the same on every rank): this rank's share of each
-        mini-batch, reference and old log-probs, then trainer.mini_batches_per_step optimizer steps per PPO epoch.
+        mini-batch (`place_update`), reference and old log-probs, then trainer.mini_batches_per_step optimizer steps
+        per PPO epoch.
 
         Returns the optimizer steps' mean loss/clip/grad metrics and their count, optim/updates (0, with no other
-        figure, when there is no group to train on).
+        figure, when there is no group to train on), and the placement's balance/ and batch/ metrics.
         """
         cfg, parts, world, algo, n = self.config, self.parts, self.world, self.config.algorithm, self.config.rollout.n
-        shards = update_shards(len(groups), cfg.trainer.mini_batches_per_step, world)
-        mine = [(groups[number], trains) for shard in shards for number, trains in shard]
+        tokens = parts.prompt_tokens([parts.rows[group.row] for group in groups])
+        plan, placement = place_update(groups, tokens, world, cfg.trainer, self.group_size)
+        mine = [(groups[number], trains) for number, trains in plan.groups]
         if not mine:
             return {"optim/updates": 0.0}
 
@@ -250,50 +266,44 @@ class GRPOTrainer:
         # (several mini-batches or epochs) or the rollout engine's distribution is corrected for (no gradient).
         if algo.kl_coef > 0:
             with _timer(timings, "ref_logprobs"), parts.reference() as reference:
-                batch.ref_logprobs = self._logprobs_no_grad(reference, batch)
+                batch.ref_logprobs = self._logprobs_no_grad(reference, batch, plan.passes)
         if algo.ppo_epochs > 1 or cfg.trainer.mini_batches_per_step > 1 or algo.rollout_is != "none":
             with _timer(timings, "old_logprobs"):
-                batch.old_logprobs = self._logprobs_no_grad(parts.model, batch)
+                batch.old_logprobs = self._logprobs_no_grad(parts.model, batch, plan.passes)
 
         # 5. Updates: each PPO epoch walks the mini-batches, one optimizer step each.
-        bounds = list(itertools.accumulate((len(shard) * n for shard in shards), initial=0))
         with _timer(timings, "update"):
-            updates = [
-                self._update(batch, slice(start, stop))
-                for _ in range(algo.ppo_epochs)
-                for start, stop in itertools.pairwise(bounds)
-            ]
+            updates = [self._update(batch, passes) for _ in range(algo.ppo_epochs) for passes in plan.passes]
         means = {name: sum(u[name] for u in updates) / len(updates) for name in updates[0]}
-        return {**means, "optim/updates": float(len(updates))}
+        return {**means, **placement, "optim/updates": float(len(updates))}
 
-    def _logprobs_no_grad(self, model: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
-        """Sampled-token log-probs (N, C) of the batch under `model`, micro-batch by micro-batch, without gradient."""
-        micro = self.config.trainer.micro_batch_size
+    def _logprobs_no_grad(self, model: torch.nn.Module, batch: TrainBatch, passes: list[list[slice]]) -> torch.Tensor:
+        """Sampled-token log-probs (N, C) of the batch under `model`, one forward per pass, without gradient."""
         logprobs = torch.zeros_like(batch.loss_mask, dtype=torch.float32)
         with torch.no_grad():
-            for part in micro_batches(logprobs.shape[0], micro, self.group_size):
+            for part in itertools.chain.from_iterable(passes):
                 logprobs[part] = completion_logprobs(
                     model,
                     batch.prompt_inputs,
                     batch.completion_ids[part],
                     batch.loss_mask[part],
-                    micro_batch_size=micro,
+                    micro_batch_size=part.stop - part.start,
                     temperature=self.config.rollout.temperature,
                     prompt_index=batch.prompt_of[part],
                     group_size=self.group_size,
                 )[0].float()
         return logprobs
 
-    def _update(self, batch: TrainBatch, sequences: slice) -> dict[str, float]:
-        """One optimizer step on the sequences `sequences` of this rank's batch (its share of one mini-batch): the
-        GRPO loss accumulated over micro-batches, clipped gradients; returns the loss/clip/grad metrics.
+    def _update(self, batch: TrainBatch, passes: list[slice]) -> dict[str, float]:
+        """One optimizer step on this rank's share of one mini-batch, the sequences of `passes`: the GRPO loss
+        accumulated over the passes (a forward and backward each), clipped gradients; returns loss/clip/grad metrics.
 
         The normaliser (tokens or sequences) is the whole world's mini-batch, so the gradient summed over ranks is the
         gradient of the single-process loss on the whole mini-batch.
         """
         cfg, parts, world = self.config, self.parts, self.world
-        algo, micro = cfg.algorithm, cfg.trainer.micro_batch_size
-        trained = batch.loss_mask[sequences]
+        algo = cfg.algorithm
+        trained = batch.loss_mask[passes[0].start : passes[-1].stop]
         tokens, all_sequences = all_reduce_sum([trained.sum().item(), trained.any(-1).sum().item()], world.device)
         normalizer = {
             "token-mean": tokens,
@@ -304,15 +314,14 @@ class GRPOTrainer:
         correcting = algo.rollout_is == "truncated"
         totals = dict.fromkeys(LOSS_METRICS + (("rollout_is/weight_mean",) if correcting else ()), 0.0)
         weight_max = 0.0
-        for offset in micro_batches(sequences.stop - sequences.start, micro, self.group_size):
-            part = slice(sequences.start + offset.start, min(sequences.start + offset.stop, sequences.stop))
+        for part in passes:
             mask = batch.loss_mask[part]
             logprobs, entropy = completion_logprobs(
                 parts.model,
                 batch.prompt_inputs,
                 batch.completion_ids[part],
                 mask,
-                micro_batch_size=micro,
+                micro_batch_size=part.stop - part.start,
                 temperature=cfg.rollout.temperature,
                 with_entropy=algo.entropy_coef > 0,
                 prompt_index=batch.prompt_of[part],

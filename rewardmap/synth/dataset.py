@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rewardmap.data.images import MIN_PIXELS, fit_image
 from rewardmap.errors import InputError
 from rewardmap.synth.network import Network, difficulty_of, generate_names, generate_network, metro_json, station_lines
 from rewardmap.synth.questions import make_questions
@@ -58,6 +59,7 @@ def generate_dataset(
     questions_per_type: int = 10,
     image_size: tuple[int, int] = (1000, 800),
     test_fraction: float = 0.2,
+    map_pixels: tuple[int, ...] | None = None,
 ) -> Path:
     """Generate `cities` synthetic cities under `out_dir`; returns `out_dir`.
 
@@ -66,7 +68,9 @@ def generate_dataset(
     test_fraction of the other cities' questions; train holds the rest. reasonmap.jsonl (split `reasonmap`) holds
     `questions_per_type` ReasonMap benchmark rows per city (short and long questions, embedded line lists): odd
     cities in the benchmark's china convention, every third city's map embedded as base64 (see
-    `rewardmap.synth.reasonmap`). Same arguments -> byte-identical files."""
+    `rewardmap.synth.reasonmap`). With `map_pixels`, city i's map is saved resized to at most
+    map_pixels[i % len(map_pixels)] pixels (Qwen2.5-VL's smart_resize): maps of mixed sizes. Same arguments ->
+    byte-identical files."""
     if not 1 <= cities <= 500:
         raise InputError(f"cities must be in 1..500 (distinct generated city names), got {cities}")
     if not 0.0 <= test_fraction < 1.0:
@@ -83,6 +87,8 @@ def generate_dataset(
         net = generate_network(rng, city_id, DIFFICULTIES[index % 3])
         difficulty = difficulty_of(len(net.lines), len(station_lines(net.lines)))
         image, _ = render_map(net, image_size, title=name)
+        if map_pixels:
+            image = fit_image(image, min_pixels=MIN_PIXELS, max_pixels=map_pixels[index % len(map_pixels)])
         figure = out / "maps" / COUNTRY / f"{city_id}.png"
         image.save(figure, optimize=True)
         metro = json.dumps(metro_json(net), ensure_ascii=False, indent=2)
