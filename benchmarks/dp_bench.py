@@ -11,14 +11,16 @@ both sampled the same tokens (per-prompt seeds should make them), the loss, the 
 the optimizer step), the grad norm (the trainer's fp32 one, and fp64 from those gradients) and the updated weights,
 each beside its scale. On a shared machine the seconds are noisy.
 
-`python benchmarks/dp_bench.py --mixed [--repeats 3]` (about 25 minutes on 2 loaded cores) instead compares placements
-in one 2-process world per dataset: maps of three sizes (--max-pixels, 1/2 and 1/4 of it: 4x in visual tokens between
-the smallest and the largest), then maps of one size. In each world the first batch's step runs under today's
-placement (contiguous shares, --micro-batch-size sequences a pass) and balanced shares with passes of at most --budget
-tokens (default: the batch's largest group, what a fixed micro-batch is sized for), in turn (the order flips each
-repeat, one warm-up repeat first); on mixed sizes also the same batch sorted largest first. Printed: the slowest
-rank's seconds of the reference pass, the update, the rollout and the whole step, median of --repeats, their ratios,
-and the placement metrics of the step.
+`python benchmarks/dp_bench.py --mixed [--repeats 3] [--batches 3]` (about 30 minutes on 2 quiet cores) instead
+compares placements in one 2-process world per dataset: maps of three sizes (--max-pixels, 1/4 and 1/16 of it: 16x in
+visual tokens between the smallest and the largest, 1,024 to 64, so that the map, not the ~70 text tokens, sets a
+prompt's size, as in ReasonMap, whose maps are 576 to 16,482 visual tokens beside ~200 of text), then maps of one size.
+In each world the steps of the stream's first --batches batches (equal sizes: the first) run under today's placement
+(contiguous shares, --micro-batch-size sequences a pass) and balanced shares with passes of at most --budget tokens
+(default: the largest group, what a fixed micro-batch is sized for), in turn (the order flips each repeat, one warm-up
+repeat first); on mixed sizes also batch 1 sorted largest first. Printed: the slowest rank's seconds of the reference
+pass, the update, the rollout and the whole step, median of --repeats, their ratios (also of the stream batches'
+medians summed), and the placement metrics of each step.
 """
 
 import argparse
@@ -177,43 +179,61 @@ def report(results: dict[int, dict], tensors: dict, args: argparse.Namespace) ->
 
 
 def launch_compare(name: str, args: argparse.Namespace, work: Path) -> dict:
-    """Runs the worker's placement comparison in a 2-process world on the dataset work/`name` (mixed sizes: also the
-    batch sorted largest first); its result.json."""
+    """Runs the worker's placement comparison in a 2-process world on the dataset work/`name` (mixed sizes: the first
+    --batches batches and batch 1 sorted largest first; equal sizes: batch 1); its result.json."""
     print(f"{name} map sizes: {args.repeats + 1} repeats of both placements ...", file=sys.stderr, flush=True)
-    extra = ["--compare", *(["--largest-first"] if name == "mixed" else []), f"--data-dir={work / name}"]
-    extra += [f"--budget={args.budget}", f"--repeats={args.repeats}"]
+    mixed = name == "mixed"
+    extra = ["--compare", *(["--largest-first"] if mixed else []), f"--data-dir={work / name}"]
+    extra += [f"--budget={args.budget}", f"--repeats={args.repeats}", f"--batches={args.batches if mixed else 1}"]
     return run_worker(f"compare_{name}", 2, extra, args, work)
 
 
 def compare_report(results: dict[str, dict], args: argparse.Namespace) -> str:
-    """The placement table: per dataset and batch order, today's and the balanced token-budget step side by side."""
+    """Two tables, a row per dataset and batch: today's and the balanced token-budget step's seconds side by side (and
+    the mixed stream batches' medians summed), then each step's placement metrics under both."""
 
     def median(runs: list, key: str) -> float:  # the slowest rank's figure, median over the repeats
         return statistics.median(max(rank[key] for rank in ranks) for ranks in runs)
 
-    columns = {f"{name} sizes, {order}": runs for name, r in results.items() for order, runs in r["runs"].items()}
+    rows = {f"{name} sizes, {batch}": runs for name, r in results.items() for batch, runs in r["runs"].items()}
+    seconds = {
+        row: {side: {phase: median(runs[side], f"{phase}_s") for phase in COMPARED} for side in ("today", "balanced")}
+        for row, runs in rows.items()
+    }
+    summed = [row for row in rows if row.startswith("mixed") and "largest" not in row]
+    if len(summed) > 1:
+        seconds[f"mixed sizes, batches 1-{len(summed)} summed"] = {
+            side: {phase: sum(seconds[row][side][phase] for row in summed) for phase in COMPARED}
+            for side in ("today", "balanced")
+        }
     budgets = ", ".join(f"{name} {r['budget']:,}" for name, r in results.items())
+    labels = {"ref_logprobs": "reference pass", "update": "update", "rollout": "rollout", "wall": "step"}
     lines = [
         f"Placement, 2 processes x {max(1, args.cores // 2)} thread (gloo, CPU), {args.prompts} prompts x {args.n} "
         f"rollouts x {args.tokens} tokens, fp32. today: contiguous shares, micro-batch {args.micro_batch_size}; "
-        f"balanced: balanced shares, passes of at most the batch's largest group ({budgets} tokens). Seconds of the "
-        f"slowest rank, median of {args.repeats}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
+        f"balanced: balanced shares, passes of at most the largest group ({budgets} tokens). Seconds of the slowest "
+        f"rank, median of {args.repeats}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
         "",
-        "| | " + " | ".join(f"{column}: today | balanced | speed-up" for column in columns) + " |",
-        "| --- |" + " ---: | ---: | ---: |" * len(columns),
+        "| step | " + " | ".join(f"{labels[p]} s: today | balanced | speed-up" for p in COMPARED) + " |",
+        "| --- |" + " ---: | ---: | ---: |" * len(COMPARED),
     ]
-    labels = {"ref_logprobs": "reference pass s", "update": "update s", "rollout": "rollout s", "wall": "step s"}
-    for phase in COMPARED:
+    for row, sides in seconds.items():
         cells = []
-        for runs in columns.values():
-            today, balanced = (median(runs[side], f"{phase}_s") for side in ("today", "balanced"))
+        for phase in COMPARED:
+            today, balanced = sides["today"][phase], sides["balanced"][phase]
             cells += [f"{today:.2f}", f"{balanced:.2f}", f"{today / balanced:.2f}x"]
-        lines.append(f"| {labels[phase]} | " + " | ".join(cells) + " |")
-    for key in PLACEMENT_KEYS:
-        cells = []
-        for runs in columns.values():
-            cells += [f"{runs[side][0][0][key]:.2f}" for side in ("today", "balanced")] + [""]
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Placement metrics of each step, today -> balanced:",
+        "",
+        "| step | " + " | ".join(PLACEMENT_KEYS) + " |",
+        "| --- |" + " ---: |" * len(PLACEMENT_KEYS),
+    ]
+    for row, runs in rows.items():
+        pair = [runs[side][0][0] for side in ("today", "balanced")]  # the first timed repeat's metrics of rank 0
+        cells = [" -> ".join(f"{metrics[key]:.2f}" for metrics in pair) for key in PLACEMENT_KEYS]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -226,16 +246,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=4, help="rollouts per prompt")
     parser.add_argument("--tokens", type=int, default=16, help="response tokens (EOS is suppressed until then)")
     parser.add_argument(
-        "--max-pixels", type=int, default=None, help="map pixel budget per prompt (50,176; --mixed: 401,408)"
+        "--max-pixels", type=int, default=None, help="map pixel budget per prompt (50,176; --mixed: 802,816)"
     )
     parser.add_argument("--micro-batch-size", type=int, default=4, help="sequences per forward/backward")
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="threads of the one-process world")
     parser.add_argument("--workdir", type=Path, default=None, help="where to build model/data (default: a temp dir)")
     parser.add_argument("--mixed", action="store_true", help="compare placements on mixed and equal map sizes")
     parser.add_argument(
-        "--budget", type=int, default=0, help="micro_batch_tokens of the balanced side (0: the batch's largest group)"
+        "--budget", type=int, default=0, help="micro_batch_tokens of the balanced side (0: the largest group)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per placement (--mixed)")
+    parser.add_argument("--batches", type=int, default=3, help="stream batches compared on mixed sizes (--mixed)")
 
 
 def run_bench(args: argparse.Namespace, work: Path) -> str:
@@ -244,7 +265,7 @@ def run_bench(args: argparse.Namespace, work: Path) -> str:
         build_tiny_model(work / "model", seed=0)
         generate_dataset(work / "data", cities=3, seed=0)
     if args.mixed:
-        sizes = {"mixed": (args.max_pixels, args.max_pixels // 2, args.max_pixels // 4), "equal": None}
+        sizes = {"mixed": (args.max_pixels, args.max_pixels // 4, args.max_pixels // 16), "equal": None}
         for name, pixels in sizes.items():
             if not (work / name).exists():  # 4 cities: 3 train (one map size each), 1 held out
                 generate_dataset(work / name, cities=4, seed=0, map_pixels=pixels or (args.max_pixels,))
@@ -257,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
-    args.max_pixels = args.max_pixels or (401408 if args.mixed else 50176)
+    args.max_pixels = args.max_pixels or (802816 if args.mixed else 50176)
     if args.prompts % max(WORLD_SIZES):
         parser.error(f"--prompts must be a multiple of {max(WORLD_SIZES)} (each rank trains whole groups)")
     if args.workdir is not None:

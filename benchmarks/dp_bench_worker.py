@@ -3,9 +3,9 @@
 Run by `dp_bench.py` as `torchrun --standalone --nproc_per_node N benchmarks/dp_bench_worker.py --model-dir ...`.
 The main rank writes `result.json` (per-rank phase seconds and sequence counts of each step, the first step's loss,
 grad norm and sampled token ids) and `weights.pt` (the full weights before and after the first step, and the step's
-gradients before clipping). With --compare it instead times one batch's step under two placements in turn, today's
+gradients before clipping). With --compare it instead times batches' steps under two placements in turn, today's
 (contiguous shares, --micro-batch-size) and balanced shares with --budget-token passes, and writes `result.json`
-(per batch order, placement and repeat, each rank's phase seconds and the step's balance and batch metrics).
+(per batch, placement and repeat, each rank's phase seconds and the step's balance and batch metrics).
 """
 
 import argparse
@@ -115,30 +115,30 @@ def run(args: argparse.Namespace, world: World) -> None:
 
 
 def compare(args: argparse.Namespace, world: World) -> None:
-    """The first batch's step under today's placement and the balanced token-budget one, in turn (the order flips
-    each repeat; one warm-up repeat first), every completion --tokens long; the batch in stream order and, with
-    --largest-first, also sorted by prompt length (today's contiguous shares at their most uneven)."""
+    """The step of each of the stream's first --batches batches under today's placement and the balanced token-budget
+    one, in turn (the order flips each repeat; one warm-up repeat first), every completion --tokens long; with
+    --largest-first also batch 1 sorted by prompt length (today's contiguous shares at their most uneven)."""
     trainer = GRPOTrainer(load_config(REPO / "configs" / "demo.yaml", overrides(args)), world)
     parts = trainer.parts
     parts.model.generation_config.min_new_tokens = args.tokens
-    stage, indices = parts.stream.next_batch()
-    tokens = parts.prompt_tokens([parts.rows[i] for i in indices])
-    batches = {"stream order": indices}
+    batches = {f"batch {k + 1}": parts.stream.next_batch() for k in range(args.batches)}
+    tokens = {name: parts.prompt_tokens([parts.rows[i] for i in indices]) for name, (_, indices) in batches.items()}
     if args.largest_first:
-        batches["largest maps first"] = [
-            i for _, i in sorted(zip(tokens, indices, strict=True), key=lambda pair: -pair[0])
-        ]
-    # the budget a fixed micro-batch is sized by: the batch's largest group (a forward row: the prompt, then its
-    # group_size completions)
+        stage, indices = batches["batch 1"]
+        order = sorted(zip(tokens["batch 1"], indices, strict=True), key=lambda pair: -pair[0])
+        batches["batch 1, largest maps first"] = (stage, [i for _, i in order])
+    # the budget a fixed micro-batch is sized by: the largest group (a forward row: the prompt, then its group_size
+    # completions)
     rows = args.rollouts // trainer.group_size
-    budget = args.budget or rows * (max(tokens) + trainer.group_size * args.tokens)
+    largest = max(max(sizes) for sizes in tokens.values())
+    budget = args.budget or rows * (largest + trainer.group_size * args.tokens)
     base = trainer.config
     sides = {
         "today": replace(base.trainer, balance_batch=False, micro_batch_tokens=None),
         "balanced": replace(base.trainer, balance_batch=True, micro_batch_tokens=budget),
     }
     runs: dict[str, dict] = {batch: {name: [] for name in sides} for batch in batches}
-    for batch, rows_of_batch in batches.items():
+    for batch, (stage, rows_of_batch) in batches.items():
         for repeat in range(args.repeats + 1):
             for name in list(sides)[:: 1 if repeat % 2 else -1]:
                 trainer.config = replace(base, trainer=sides[name])
@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", action="store_true", help="compare placements instead (see the docstring)")
     parser.add_argument("--budget", type=int, default=0, help="micro_batch_tokens (0: the batch's largest group)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per placement (--compare)")
-    parser.add_argument("--largest-first", action="store_true", help="also the batch sorted by size (--compare)")
+    parser.add_argument("--batches", type=int, default=1, help="the stream's first batches compared (--compare)")
+    parser.add_argument("--largest-first", action="store_true", help="also batch 1 sorted by size (--compare)")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     with join_world() as world:
