@@ -11,7 +11,7 @@ both sampled the same tokens (per-prompt seeds should make them), the loss, the 
 the optimizer step), the grad norm (the trainer's fp32 one, and fp64 from those gradients) and the updated weights,
 each beside its scale. On a shared machine the seconds are noisy.
 
-`python benchmarks/dp_bench.py --mixed [--repeats 3] [--batches 3]` (about 30 minutes on 2 quiet cores) instead
+`python benchmarks/dp_bench.py --mixed [--repeats 3] [--batches 3]` (about 15 minutes on 2 quiet cores) instead
 compares placements in one 2-process world per dataset: maps of three sizes (--max-pixels, 1/4 and 1/16 of it: 16x in
 visual tokens between the smallest and the largest, 1,024 to 64, so that the map, not the ~70 text tokens, sets a
 prompt's size, as in ReasonMap, whose maps are 576 to 16,482 visual tokens beside ~200 of text), then maps of one size.
