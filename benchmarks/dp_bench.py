@@ -200,8 +200,8 @@ def compare_report(results: dict[str, dict], args: argparse.Namespace) -> str:
         row: {side: {phase: median(runs[side], f"{phase}_s") for phase in COMPARED} for side in ("today", "balanced")}
         for row, runs in rows.items()
     }
-    summed = [row for row in rows if row.startswith("mixed") and "largest" not in row]
-    if len(summed) > 1:
+    summed = [f"mixed sizes, batch {k + 1}" for k in range(args.batches)]  # the worker's names of stream batches
+    if "mixed" in results and len(summed) > 1:
         seconds[f"mixed sizes, batches 1-{len(summed)} summed"] = {
             side: {phase: sum(seconds[row][side][phase] for row in summed) for phase in COMPARED}
             for side in ("today", "balanced")

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pixels", type=int, default=50176, help="data.max_pixels")
     parser.add_argument("--micro-batch-size", type=int, default=4, help="trainer.micro_batch_size")
     parser.add_argument("--compare", action="store_true", help="compare placements instead (see the docstring)")
-    parser.add_argument("--budget", type=int, default=0, help="micro_batch_tokens (0: the batch's largest group)")
+    parser.add_argument("--budget", type=int, default=0, help="micro_batch_tokens (0: the batches' largest group)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per placement (--compare)")
     parser.add_argument("--batches", type=int, default=1, help="the stream's first batches compared (--compare)")
     parser.add_argument("--largest-first", action="store_true", help="also batch 1 sorted by size (--compare)")
