@@ -190,9 +190,30 @@ class RolloutConfig:
     """vLLM: tokens per engine step."""
     max_model_len: int = 22048
     """vLLM: longest prompt + response."""
+    placement: str = "colocated"
+    """colocated: every process samples, then trains (the released stack); separate: the last rollout.ranks processes
+    of the torchrun world only sample and the others only train, so that sampling and training overlap."""
+    ranks: int = 1
+    """separate: how many processes of the world run rollout engines (a multiple of tensor_parallel_size)."""
+    max_staleness: int = 0
+    """separate: the most optimizer steps the sampling weights may lag behind the trained ones. 0: every step samples
+    with the current weights (no overlap); 1: step s samples with the weights after step s-2 while step s-1 trains."""
+    weight_bucket_mb: int = 512
+    """separate: the weight transfer to the rollout ranks sends tensors in buckets of about this many MB."""
 
     def __post_init__(self) -> None:
         _check_choice("rollout", "engine", self.engine, ("hf", "vllm"))
+        _check_choice("rollout", "placement", self.placement, ("colocated", "separate"))
+        if self.ranks < 1 or self.max_staleness < 0 or self.weight_bucket_mb < 1:
+            raise InputError(
+                f"rollout.ranks={self.ranks}, rollout.max_staleness={self.max_staleness}, rollout.weight_bucket_mb="
+                f"{self.weight_bucket_mb}: ranks and weight_bucket_mb must be >= 1, max_staleness >= 0"
+            )
+        if self.placement == "colocated" and self.max_staleness:
+            raise InputError(
+                f"rollout.max_staleness={self.max_staleness} needs rollout.placement=separate: colocated rollouts "
+                "always sample with the current weights"
+            )
         if self.temperature <= 0:
             raise InputError(
                 f"rollout.temperature={self.temperature}: GRPO samples a group of different answers per prompt, "

@@ -3,6 +3,10 @@
 `torchrun` starts N processes per node on M nodes and sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT;
 a process started without it joins a world of one (so the same code path runs in a test, on one CPU, on 64 GPUs).
 The backend is gloo on CPU and nccl on GPU (gloo beside it for CPU objects); nothing else here asks which one.
+
+A world can be split (rollout.placement=separate): its last R processes form a world of their own that only samples,
+the others the training world, and every collective (FSDP2, DeepSpeed, checkpoints) stays inside its own part; the two
+parts talk through a `RolloutLink`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
+from rewardmap.errors import InputError
+
 logger = logging.getLogger(__name__)
+
+DEFAULT_STORE_TIMEOUT = datetime.timedelta(minutes=30)
+"""How long the launch's store waits for a key when trainer.collective_timeout_s sets no timeout (torch's default)."""
 
 # Sharding units: each decoder layer and vision block, then the vision tower (the trainer calls it on its own to
 # encode a map once per group), then the root.
@@ -29,13 +38,31 @@ VISION_CLASSES = ("Qwen2_5_VisionTransformerPretrainedModel",)
 
 
 @dataclass(frozen=True)
+class RolloutLink:
+    """How the two parts of a split world talk: messages through the launch's key-value store, weights through a
+    process group of the main trainer (its rank 0) and every rollout rank."""
+
+    store: dist.Store
+    bridge: dist.ProcessGroup | None
+    """None on the trainers other than the main one."""
+    trainers: int
+    rollout_ranks: int
+    launch_rank: int
+    """This process's rank in the torchrun world, as torchrun's reports name it."""
+
+
+@dataclass(frozen=True)
 class World:
-    """Where this process stands: its rank among `size` processes, its rank on its node, its device."""
+    """Where this process stands: its rank among `size` processes, its rank on its node, its device; in a split world
+    `role` says which part it belongs to (size and rank are within that part)."""
 
     rank: int
     size: int
     local_rank: int
     device: torch.device
+    role: str = "train"
+    """train, or rollout (a rollout rank of a separate placement)."""
+    link: RolloutLink | None = None
 
     @property
     def is_main(self) -> bool:
@@ -50,9 +77,10 @@ class World:
 
 
 @contextlib.contextmanager
-def join_world(collective_timeout_s: float | None = None) -> Iterator[World]:
+def join_world(collective_timeout_s: float | None = None, rollout_ranks: int = 0) -> Iterator[World]:
     """Joins the torchrun world from the environment, or makes a world of one; leaves it (destroying a group it
-    made) on exit. A group someone else made (a test, a caller) is used as it is and left alone.
+    made) on exit. A group someone else made (a test, a caller) is used as it is and left alone. With `rollout_ranks`
+    the world is split: the last that many processes get the role rollout, each part its own process group.
 
     A collective that waits longer than `collective_timeout_s` for another rank raises (None: torch's default).
     """
@@ -62,9 +90,12 @@ def join_world(collective_timeout_s: float | None = None) -> Iterator[World]:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if on_gpu:
         torch.cuda.set_device(local_rank)
+    role, link = "train", None
     if made:
         backend = "cpu:gloo,cuda:nccl" if on_gpu else "gloo"
-        if "WORLD_SIZE" in os.environ:
+        if rollout_ranks:
+            role, link = _split_world(backend, timeout, rollout_ranks)
+        elif "WORLD_SIZE" in os.environ:
             dist.init_process_group(backend, timeout=timeout)
         else:  # launched without torchrun: a world of one, no network port needed
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
@@ -73,14 +104,44 @@ def join_world(collective_timeout_s: float | None = None) -> Iterator[World]:
         size=dist.get_world_size(),
         local_rank=local_rank,
         device=torch.device("cuda", local_rank) if on_gpu else torch.device("cpu"),
+        role=role,
+        link=link,
     )
     if world.is_main:
-        logger.info("world of %d process(es), backend %s", world.size, dist.get_backend())
+        logger.info("%s world of %d process(es), backend %s", role, world.size, dist.get_backend())
     try:
         yield world
     finally:
         if made:
             dist.destroy_process_group()
+
+
+def _split_world(backend: str, timeout: datetime.timedelta | None, rollout_ranks: int) -> tuple[str, RolloutLink]:
+    """Initialises this process's part of a split torchrun world as the default process group; its role and link."""
+    if "WORLD_SIZE" not in os.environ:
+        raise InputError(
+            "rollout.placement=separate needs a torchrun world: rollout.ranks processes sample and the others train, "
+            "so start at least rollout.ranks + 1 processes (torchrun --nproc_per_node N), or use placement=colocated"
+        )
+    store, launch_rank, launch_size = next(dist.rendezvous("env://", timeout=timeout or DEFAULT_STORE_TIMEOUT))
+    trainers = launch_size - rollout_ranks
+    if trainers < 1:
+        raise InputError(
+            f"rollout.ranks={rollout_ranks} leaves no trainer in a world of {launch_size} processes: start more "
+            f"processes or lower rollout.ranks (below {launch_size})"
+        )
+    role = "train" if launch_rank < trainers else "rollout"
+    rank, size = (launch_rank, trainers) if role == "train" else (launch_rank - trainers, rollout_ranks)
+    os.environ["RANK"], os.environ["WORLD_SIZE"] = str(rank), str(size)  # DeepSpeed and vLLM read them
+    dist.init_process_group(backend, store=dist.PrefixStore(role, store), rank=rank, world_size=size, timeout=timeout)
+    members = [0, *range(trainers, launch_size)]
+    bridge = None
+    if launch_rank in members:  # weights travel on the device: NCCL on GPU (untested), gloo on CPU
+        group_class = dist.ProcessGroupNCCL if torch.cuda.is_available() else dist.ProcessGroupGloo
+        bridge_store = dist.PrefixStore("bridge", store)
+        bridge = group_class(bridge_store, members.index(launch_rank), len(members), timeout or DEFAULT_STORE_TIMEOUT)
+    link = RolloutLink(dist.PrefixStore("messages", store), bridge, trainers, rollout_ranks, launch_rank)
+    return role, link
 
 
 def shard_model(

@@ -6,6 +6,7 @@ import torch
 
 from rewardmap.config import load_config
 from rewardmap.data.curriculum import CurriculumStream
+from rewardmap.grpo import rollouts
 from rewardmap.grpo.batching import Group
 from rewardmap.grpo.metrics import group_metrics
 from rewardmap.grpo.trainer import GRPOTrainer
@@ -103,7 +104,7 @@ def test_each_option_trains_a_step(tiny_model_dir, synth_dataset_dir, tmp_path, 
         assert metrics["reward/overlong_penalty_mean"] == pytest.approx(-1.0)
 
 
-def test_dynamic_sampling_refills_from_the_same_stage(warm_model_dir, synth_dataset_dir, tmp_path, world):
+def test_dynamic_sampling_refills_from_the_same_stage(warm_model_dir, synth_dataset_dir, tmp_path, world, monkeypatch):
     trainer = _trainer(
         warm_model_dir,
         synth_dataset_dir,
@@ -114,13 +115,13 @@ def test_dynamic_sampling_refills_from_the_same_stage(warm_model_dir, synth_data
     )
     stage, indices = trainer.parts.stream.next_batch()
     seen: list[list[int]] = []
-    rollout = trainer._rollout
+    sample_groups = rollouts._sample_groups
 
-    def recording_rollout(rows, *rest):
+    def recording(parts, trained, rows, *rest):
         seen.append(list(rows))
-        return rollout(rows, *rest)
+        return sample_groups(parts, trained, rows, *rest)
 
-    trainer._rollout = recording_rollout
+    monkeypatch.setattr(rollouts, "_sample_groups", recording)
     metrics = trainer.step(stage, indices)
     assert seen[0] == indices and 1 <= len(seen) <= 3 and metrics["filter/rounds"] == len(seen)
     stage_rows = set(trainer.parts.stream.stage_rows[stage])

@@ -49,16 +49,44 @@ def row_image(row: dict, root: Path, data: DataConfig) -> Image.Image:
 
 
 @dataclass
-class Components:
-    """Everything a GRPO step touches besides the config."""
+class RolloutParts:
+    """What sampling a step's groups touches: the config, the world, the processor, the engine and the data."""
 
     config: RewardMapConfig
     world: World
-    backend: TrainBackend
     processor: object
     engine: RolloutEngine
     rows: MapDataset
     stream: CurriculumStream
+
+    def prompts_and_images(self, rows: Sequence[dict]) -> tuple[list[str], list[Image.Image]]:
+        """Rendered chat prompts (the one prompt builder) and the rows' images."""
+        prompts = [render_prompt(self.processor, row["question"]) for row in rows]
+        return prompts, [row_image(row, self.rows.root, self.config.data) for row in rows]
+
+    def prompt_tokens(self, rows: Sequence[dict]) -> list[int]:
+        """Each row's prompt length in tokens before any pixel is decoded: its rendered prompt's tokens, the one image
+        placeholder counted as the map's visual tokens (what `prompt_inputs` will hold)."""
+        if not rows:  # the tokenizer refuses an empty list
+            return []
+        data = self.config.data
+        texts = self.processor.tokenizer([render_prompt(self.processor, row["question"]) for row in rows])["input_ids"]
+        pixels = {
+            "min_pixels": data.min_pixels,
+            "max_pixels": data.max_pixels,
+            "max_source_pixels": data.max_decode_pixels,
+        }
+        return [
+            len(ids) - 1 + image_tokens(row["figure"], root=self.rows.root, **pixels)
+            for ids, row in zip(texts, rows, strict=True)
+        ]
+
+
+@dataclass
+class Components(RolloutParts):
+    """Everything a GRPO step touches besides the config: the rollout side plus the models and validation data."""
+
+    backend: TrainBackend
     frozen_reference: torch.nn.Module | None
     val_rows: list[dict]
     """Held-out rows validated every trainer.val_freq steps (empty: no validation)."""
@@ -88,28 +116,6 @@ class Components:
         shared = "on" if self.group_size > 1 else "off"
         model = replace(self.config.model, attn_implementation=self.attention, shared_prefix=shared)
         return replace(self.config, model=model)
-
-    def prompts_and_images(self, rows: Sequence[dict]) -> tuple[list[str], list[Image.Image]]:
-        """Rendered chat prompts (the one prompt builder) and the rows' images."""
-        prompts = [render_prompt(self.processor, row["question"]) for row in rows]
-        return prompts, [row_image(row, self.rows.root, self.config.data) for row in rows]
-
-    def prompt_tokens(self, rows: Sequence[dict]) -> list[int]:
-        """Each row's prompt length in tokens before any pixel is decoded: its rendered prompt's tokens, the one image
-        placeholder counted as the map's visual tokens (what `prompt_inputs` will hold)."""
-        if not rows:  # the tokenizer refuses an empty list
-            return []
-        data = self.config.data
-        texts = self.processor.tokenizer([render_prompt(self.processor, row["question"]) for row in rows])["input_ids"]
-        pixels = {
-            "min_pixels": data.min_pixels,
-            "max_pixels": data.max_pixels,
-            "max_source_pixels": data.max_decode_pixels,
-        }
-        return [
-            len(ids) - 1 + image_tokens(row["figure"], root=self.rows.root, **pixels)
-            for ids, row in zip(texts, rows, strict=True)
-        ]
 
     def prompt_inputs(self, prompts: Sequence[str], images: Sequence[Image.Image]) -> dict:
         """Left-padded prompt tensors on the world's device; refuses prompts over data.max_prompt_length tokens."""
@@ -145,13 +151,17 @@ def vllm_options(config: RewardMapConfig) -> dict:
 
 
 def check_vllm_world(config: RewardMapConfig, world: World) -> None:
-    """Refuses vLLM rollouts the world cannot host: tensor-parallel groups that do not tile the world, or ZeRO-3."""
+    """Refuses vLLM rollouts the world cannot host: tensor-parallel groups that do not tile the processes that sample
+    (the world, or the rollout ranks of a separate placement), or ZeRO-3 weights to sync from."""
     tp = config.rollout.tensor_parallel_size
     if tp < 1 or world.size % tp:
+        where = "rollout.ranks" if world.role == "rollout" else "the world of"
         raise InputError(
-            f"rollout.tensor_parallel_size={tp} does not divide the world of {world.size} processes (NPROC x NNODES): "
-            f"each vLLM engine spans tensor_parallel_size consecutive ranks, so pick a divisor of {world.size}"
+            f"rollout.tensor_parallel_size={tp} does not divide {where} {world.size} processes: each vLLM engine "
+            f"spans tensor_parallel_size consecutive ranks, so pick a divisor of {world.size}"
         )
+    if world.role == "rollout":
+        return
     if config.trainer.backend == "deepspeed" and config.trainer.zero_stage == 3:
         raise InputError(
             "rollout.engine=vllm with trainer.backend=deepspeed trainer.zero_stage=3 is not supported: the weight "
@@ -160,25 +170,10 @@ def check_vllm_world(config: RewardMapConfig, world: World) -> None:
         )
 
 
-def build_components(config: RewardMapConfig, world: World) -> Components:
-    """Loads the model(s) and data of a run; the policy (fp32 master weights) and the reference are sharded."""
-    cfg_model, cfg_data = config.model, config.data
-    split = world.size * config.trainer.mini_batches_per_step
-    if cfg_data.prompts_per_step % split:
-        raise InputError(
-            f"data.prompts_per_step={cfg_data.prompts_per_step} does not split into trainer.mini_batches_per_step="
-            f"{config.trainer.mini_batches_per_step} mini-batches over the world of {world.size} processes "
-            "(NPROC x NNODES): each process trains whole groups, so make prompts_per_step a multiple of "
-            f"{split}"
-        )
-    if config.rollout.engine == "vllm":
-        check_vllm_world(config, world)
-    attention, group_size = resolve_attention_and_group(config, world.device)
-    model, frozen_reference = load_models(config, world, attention)
-    processor = load_processor(cfg_model.path, min_pixels=cfg_data.min_pixels, max_pixels=cfg_data.max_pixels)
-    backend = build_backend(model, config, world)
+def load_training_data(config: RewardMapConfig) -> tuple[MapDataset, CurriculumStream]:
+    """The training rows and the curriculum stream over them (the same plan in every process)."""
+    cfg_data, curriculum = config.data, config.curriculum
     rows = load_rows(cfg_data.train_files, split=cfg_data.train_split, on_bad_row=cfg_data.on_bad_row)
-    curriculum = config.curriculum
     stages = curriculum.preset if curriculum.stages is None else [vars(stage) for stage in curriculum.stages]
     stream = CurriculumStream(
         rows.types,
@@ -188,6 +183,31 @@ def build_components(config: RewardMapConfig, world: World) -> Components:
         difficulties=rows.difficulties,
         seed=curriculum.seed,
     )
+    return rows, stream
+
+
+def build_components(config: RewardMapConfig, world: World) -> Components:
+    """Loads the model(s) and data of a run; the policy (fp32 master weights) and the reference are sharded.
+
+    With rollout.placement=separate the trainers sample only to validate, with the transformers engine on the policy.
+    """
+    cfg_model, cfg_data = config.model, config.data
+    split = world.size * config.trainer.mini_batches_per_step
+    if cfg_data.prompts_per_step % split:
+        raise InputError(
+            f"data.prompts_per_step={cfg_data.prompts_per_step} does not split into trainer.mini_batches_per_step="
+            f"{config.trainer.mini_batches_per_step} mini-batches over the world of {world.size} processes "
+            "(NPROC x NNODES): each process trains whole groups, so make prompts_per_step a multiple of "
+            f"{split}"
+        )
+    engine_kind = config.rollout.engine if config.rollout.placement == "colocated" else "hf"
+    if engine_kind == "vllm":
+        check_vllm_world(config, world)
+    attention, group_size = resolve_attention_and_group(config, world.device)
+    model, frozen_reference = load_models(config, world, attention)
+    processor = load_processor(cfg_model.path, min_pixels=cfg_data.min_pixels, max_pixels=cfg_data.max_pixels)
+    backend = build_backend(model, config, world)
+    rows, stream = load_training_data(config)
     logger.info("%d training rows from %s: %d steps", len(rows), cfg_data.train_files, len(stream))
     val_rows, val_root = [], None
     if cfg_data.val_files and config.trainer.val_freq > 0:
@@ -195,26 +215,45 @@ def build_components(config: RewardMapConfig, world: World) -> Components:
         val_rows = [held_out[i] for i in range(min(len(held_out), cfg_data.val_limit or len(held_out)))]
         val_root = held_out.root
     engine = build_engine(
-        config.rollout.engine,
+        engine_kind,
         processor,
         model=backend.model,
         model_path=cfg_model.path,
         vllm_options=vllm_options(config),
     )
     return Components(
-        config,
-        world,
-        backend,
-        processor,
-        engine,
-        rows,
-        stream,
-        frozen_reference,
-        val_rows,
-        val_root,
-        attention,
-        group_size,
+        config=config,
+        world=world,
+        processor=processor,
+        engine=engine,
+        rows=rows,
+        stream=stream,
+        backend=backend,
+        frozen_reference=frozen_reference,
+        val_rows=val_rows,
+        val_root=val_root,
+        attention=attention,
+        group_size=group_size,
     )
+
+
+def build_rollout_parts(config: RewardMapConfig, world: World) -> RolloutParts:
+    """What a rollout rank of a separate placement samples with: the data and its own engine (vLLM on model.path, or
+    transformers on a copy of the policy in the compute dtype), whose weights the trainers then replace."""
+    cfg_model, cfg_data = config.model, config.data
+    processor = load_processor(cfg_model.path, min_pixels=cfg_data.min_pixels, max_pixels=cfg_data.max_pixels)
+    model = None
+    if config.rollout.engine == "vllm":
+        check_vllm_world(config, world)
+    else:
+        attention, _ = resolve_attention_and_group(config, world.device)
+        dtype = compute_dtype(cfg_model.dtype, world.device)
+        model = load_policy(cfg_model.path, device=world.device, dtype=dtype, attn_implementation=attention).eval()
+    engine = build_engine(
+        config.rollout.engine, processor, model=model, model_path=cfg_model.path, vllm_options=vllm_options(config)
+    )
+    rows, stream = load_training_data(config)
+    return RolloutParts(config=config, world=world, processor=processor, engine=engine, rows=rows, stream=stream)
 
 
 def resolve_attention_and_group(config: RewardMapConfig, device: torch.device) -> tuple[dict[str, str], int]:

@@ -29,11 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rewardmap.distributed import join_world
     from rewardmap.grpo.plot import plot_run
+    from rewardmap.grpo.remote import serve_rollouts
     from rewardmap.grpo.sft import warm_start
     from rewardmap.grpo.trainer import GRPOTrainer
 
     config = load_config(args.config or ["configs/reward_map.yaml"], args.overrides)
-    with join_world(config.trainer.collective_timeout_s) as world:
+    rollout_ranks = config.rollout.ranks if config.rollout.placement == "separate" else 0
+    with join_world(config.trainer.collective_timeout_s, rollout_ranks) as world:
+        if world.role == "rollout":  # rollout.placement=separate: this process only samples
+            serve_rollouts(config, world)
+            return 0
         if config.sft.steps > 0:
             if world.size > 1:
                 raise InputError(

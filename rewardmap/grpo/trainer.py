@@ -12,8 +12,6 @@ import contextlib
 import itertools
 import logging
 import math
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -28,7 +26,6 @@ from rewardmap.grpo.batching import (
     completion_tensors,
     logprob_tensor,
     place_update,
-    rollout_share,
     whole_batch,
 )
 from rewardmap.grpo.faults import StepBoundary
@@ -39,16 +36,14 @@ from rewardmap.grpo.losses import (
     kl_penalty,
     log_ratio,
     masked_mean,
-    overlong_penalty,
     truncated_is_weights,
 )
 from rewardmap.grpo.metrics import MetricsLogger, group_metrics, reward_metrics
+from rewardmap.grpo.rollouts import build_rollouts, timer, total_steps
 from rewardmap.grpo.samples import step_samples
 from rewardmap.grpo.setup import Components, build_components
 from rewardmap.grpo.validation import validate
 from rewardmap.models.logprobs import completion_logprobs
-from rewardmap.reward import score_batch
-from rewardmap.rollout import Sampling, prompt_seed
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +66,7 @@ class GRPOTrainer:
         if world.is_main:
             (self.run_dir / "config.yaml").write_text(config_to_yaml(self.parts.resolved_config()))
         self.step_count = 0
+        self.rollouts = build_rollouts(config, world, self.parts)
 
     @property
     def is_main(self) -> bool:
@@ -80,16 +76,19 @@ class GRPOTrainer:
         """Train until the curriculum (or trainer.max_steps) is done or StepBoundary stops it; the last checkpoint."""
         cfg = self.config.trainer
         resumed = checkpoint.resolve_resume(cfg.resume, self.run_dir)
+        pending = []
         if resumed is not None:
             state = checkpoint.load(resumed, self.parts.backend, self.world)
             self.step_count = state["step"]
             self.parts.stream.load_state_dict(state["curriculum"])
+            pending = state.get("pending_rollouts", [])
             logger.info("resumed from %s at step %d", resumed, self.step_count)
-        total = len(self.parts.stream) if cfg.max_steps is None else min(cfg.max_steps, len(self.parts.stream))
+        total = total_steps(self.config, len(self.parts.stream))
         last = resumed
         boundary = StepBoundary(cfg, self.world, self.run_dir, self.step_count, self.parts.backend)
         bar = tqdm(total=total, initial=self.step_count, desc="GRPO", disable=not self.is_main)
-        with boundary, contextlib.closing(self.metrics), bar:
+        self.rollouts.start(self.step_count, total, pending)
+        with contextlib.closing(self.rollouts), boundary, contextlib.closing(self.metrics), bar:
             while self.step_count < total:
                 stage, indices = self.parts.stream.next_batch()
                 metrics = self.step(stage, indices)
@@ -105,7 +104,11 @@ class GRPOTrainer:
 
     def save(self) -> Path:
         """An atomic checkpoint of everything a resume needs; keeps the newest trainer.save_limit of them."""
-        state = {"step": self.step_count, "curriculum": self.parts.stream.state_dict()}
+        state = {
+            "step": self.step_count,
+            "curriculum": self.parts.stream.state_dict(),
+            "pending_rollouts": self.rollouts.pending(self.step_count),  # sampled ahead (rollout.max_staleness)
+        }
         return checkpoint.save(
             self.run_dir,
             self.step_count,
@@ -123,46 +126,33 @@ class GRPOTrainer:
     def step(self, stage: int, indices: list[int]) -> dict[str, float]:
         """One GRPO step on the rows `indices` (the whole world's batch) of curriculum stage `stage`; its metrics."""
         cfg, parts, world, algo = self.config, self.parts, self.world, self.config.algorithm
-        batch = whole_batch(indices, world.size)
         timings: dict[str, float] = {}
-        placement: dict[str, float] = {}  # how evenly the ranks' shares came out (balance/..., batch/...)
-        with _timer(timings, "weight_sync"):
-            parts.engine.sync_weights(parts.model)
 
-        # 1-2. Rollouts and rewards, in rounds: the batch's rows; then, with dynamic sampling, rows drawn from the same
-        # stage (seeded by seed, step and round) until the batch is full of groups whose rewards differ.
-        generated: list[Group] = []
-        kept: list[Group] = []
-        for round_number in range(algo.max_filter_rounds if algo.filter_zero_variance_groups else 1):
-            key = (cfg.trainer.seed, self.step_count, round_number)
-            rows = batch if round_number == 0 else parts.stream.draw(stage, len(batch), key)
-            groups = self._rollout(rows, round_number * len(batch), timings, placement)
-            generated += groups
-            kept += [g for g in groups if not (algo.filter_zero_variance_groups and g.zero_variance)]
-            if len(kept) >= len(batch):
-                break
-        kept = kept[: len(batch)]
-        parts.engine.sleep()  # its device memory goes to the reference pass and the update until the next sync
+        # 1-2. Rollouts and rewards (`rollouts.sample_step`): sampled now by every rank (colocated), or earlier by the
+        # rollout ranks with weights at most rollout.max_staleness steps old (separate).
+        rollouts = self.rollouts.collect(self.step_count, stage, whole_batch(indices, world.size), timings)
+        generated, kept = rollouts.generated, rollouts.kept
         if not kept:
             logger.warning(
                 "step %d: every group's rewards are equal after %d rounds; no update",
                 self.step_count + 1,
-                round_number + 1,
+                rollouts.rounds,
             )
 
         # 3-5. Reference log-probs, old log-probs when needed, and the optimizer steps, on this rank's share; none when
         # the engine's log-probs are not finite (a policy gone NaN), which counts as a non-finite step.
         nonfinite = sum(not all(map(math.isfinite, c.logprobs)) for group in kept for c in group.completions)
         stats = {"optim/updates": 0.0, "optim/nonfinite_skipped": 1.0} if nonfinite else self.train_on(kept, timings)
+        transfer = self.rollouts.publish(parts.model, self.step_count + 1, timings)  # separate: to the rollout ranks
 
         # 6. Metrics of the whole world's batch (every rank has every group; the main rank logs them).
         generated_rows = [parts.rows[g.row] for g in generated]
         completions = [c for group in kept for c in group.completions]
         tokens = float(sum(len(c.token_ids) for c in completions))
         seconds = sum(timings.values())
-        options = {}
+        options = {**transfer, **self.rollouts.metrics(self.step_count, rollouts)}
         if algo.filter_zero_variance_groups:
-            options = {"filter/rounds": round_number + 1, "filter/kept_groups": len(kept)}
+            options |= {"filter/rounds": rollouts.rounds, "filter/kept_groups": len(kept)}
         if cfg.reward.overlong_buffer:
             penalties = [r - s.total for g in generated for r, s in zip(g.rewards, g.scores, strict=True)]
             options["reward/overlong_penalty_mean"] = sum(penalties) / len(penalties)
@@ -171,7 +161,7 @@ class GRPOTrainer:
             **reward_metrics([s for g in generated for s in g.scores], generated_rows, cfg.rollout.n, stage),
             **group_metrics(generated, generated_rows),
             **options,
-            **placement,
+            **rollouts.placement,
             **stats,
             "batch/tokens": tokens,
             "batch/sequences": float(len(completions)),
@@ -184,52 +174,6 @@ class GRPOTrainer:
             "timing/step_s": seconds,
             "timing/tokens_per_s": tokens / max(seconds, 1e-9),
         }
-
-    def _rollout(
-        self, rows: list[int], first_index: int, timings: dict[str, float], placement: dict[str, float]
-    ) -> list[Group]:
-        """Every group of the world's batch `rows`, in its order: each rank samples and scores its share (by prompt
-        tokens with trainer.balance_batch; the first round's balance goes into `placement`), then all are gathered.
-
-        A prompt's seed comes from (rollout.seed, step, first_index + its place in `rows`): a resumed run samples the
-        same, and so does any world size or share.
-        """
-        cfg, parts, world, n = self.config, self.parts, self.world, self.config.rollout.n
-        mine, balance = rollout_share(
-            parts.prompt_tokens([parts.rows[i] for i in rows]), world, cfg.trainer.balance_batch
-        )
-        if first_index == 0:
-            placement.update(balance)
-        with _timer(timings, "rollout"):
-            prompts, images = parts.prompts_and_images([parts.rows[rows[i]] for i in mine])
-            sampling = Sampling(
-                max_tokens=cfg.data.max_response_length,
-                temperature=cfg.rollout.temperature,
-                top_p=cfg.rollout.top_p,
-                top_k=cfg.rollout.top_k,
-            )
-            seeds = [prompt_seed(cfg.rollout.seed, self.step_count, first_index + i) for i in mine]
-            samples = parts.engine.generate(prompts, images, n, sampling, seeds)
-        with _timer(timings, "reward"):
-            completions = [c for group in samples for c in group]
-            scores = score_batch(
-                [c.text for c in completions],
-                [parts.rows[rows[i]] for i in mine for _ in range(n)],
-                variant=cfg.reward.variant,
-                mode=cfg.reward.mode,
-                counting1_detail=cfg.reward.counting1_detail,
-                metro_root=cfg.data.metro_root,
-            )
-            lengths = torch.tensor([len(c.token_ids) for c in completions])
-            penalty = overlong_penalty(
-                lengths, cfg.data.max_response_length, cfg.reward.overlong_buffer, cfg.reward.overlong_penalty_factor
-            )
-            rewards = (torch.tensor([s.total for s in scores], dtype=torch.float32) + penalty).tolist()
-            groups = [
-                (i, Group(rows[i], samples[k], scores[k * n : (k + 1) * n], rewards[k * n : (k + 1) * n]))
-                for k, i in enumerate(mine)
-            ]
-            return [group for _, group in sorted(all_gather_lists(groups), key=lambda pair: pair[0])]
 
     def train_on(self, groups: list[Group], timings: dict[str, float]) -> dict[str, float]:
         """The update on the step's groups (the whole world's, the same on every rank): this rank's share of each
@@ -263,16 +207,18 @@ class GRPOTrainer:
         )
 
         # 4. Reference log-probs for the KL loss; old log-probs when the policy moves before a sequence is trained
-        # (several mini-batches or epochs) or the rollout engine's distribution is corrected for (no gradient).
+        # (several mini-batches or epochs). Otherwise the update's own log-probs, detached, are the old ones: the
+        # trainer's weights before the update, which also stale samples (rollout.max_staleness) and the rollout
+        # correction (algorithm.rollout_is) take the ratio against.
         if algo.kl_coef > 0:
-            with _timer(timings, "ref_logprobs"), parts.reference() as reference:
+            with timer(timings, "ref_logprobs"), parts.reference() as reference:
                 batch.ref_logprobs = self._logprobs_no_grad(reference, batch, plan.passes)
-        if algo.ppo_epochs > 1 or cfg.trainer.mini_batches_per_step > 1 or algo.rollout_is != "none":
-            with _timer(timings, "old_logprobs"):
+        if algo.ppo_epochs > 1 or cfg.trainer.mini_batches_per_step > 1:
+            with timer(timings, "old_logprobs"):
                 batch.old_logprobs = self._logprobs_no_grad(parts.model, batch, plan.passes)
 
         # 5. Updates: each PPO epoch walks the mini-batches, one optimizer step each.
-        with _timer(timings, "update"):
+        with timer(timings, "update"):
             updates = [self._update(batch, passes) for _ in range(algo.ppo_epochs) for passes in plan.passes]
         means = {name: sum(u[name] for u in updates) / len(updates) for name in updates[0]}
         return {**means, **placement, "optim/updates": float(len(updates))}
@@ -377,11 +323,3 @@ def learning_rate(trainer: TrainerConfig, step: int) -> float:
     """Linear warm-up over trainer.warmup_steps, then constant (the released schedule)."""
     scale = min(1.0, (step + 1) / trainer.warmup_steps) if trainer.warmup_steps else 1.0
     return trainer.lr * scale
-
-
-@contextlib.contextmanager
-def _timer(timings: dict[str, float], name: str) -> Iterator[None]:
-    """Adds the seconds spent inside the block to timings[name]."""
-    start = time.perf_counter()
-    yield
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start

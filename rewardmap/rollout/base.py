@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +48,9 @@ class Completion:
 class RolloutEngine(Protocol):
     """Samples completions for rendered prompts (chat template applied) with one image each."""
 
+    dtype: torch.dtype
+    """The dtype it computes in (and loads weights in)."""
+
     def generate(
         self,
         prompts: Sequence[str],
@@ -66,4 +69,9 @@ class RolloutEngine(Protocol):
 
     def sleep(self) -> None:
         """Free what the engine holds on the device until the next `sync_weights` (the trainer's passes need it)."""
+        ...
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Make the engine sample from these whole tensors (Hugging Face names, the engine's `dtype`), as they come:
+        what a rollout rank of a separate placement receives from the trainers."""
         ...

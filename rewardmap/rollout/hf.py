@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -111,9 +111,20 @@ class HFRolloutEngine:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = processor.tokenizer.pad_token_id
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:
             raise InputError("the HF rollout engine samples from the model it was built with; pass that model")
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copies whole tensors under Hugging Face names into the model it samples from."""
+        state = self.model.state_dict()
+        for name, tensor in weights:
+            state[name].copy_(tensor)
 
     def sleep(self) -> None:
         """Nothing to free: the engine holds no memory of its own between rollouts."""

@@ -18,7 +18,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -168,16 +168,19 @@ class VLLMRolloutEngine:
         self.syncs = 0
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Loads the trainer's current weights into the engine and drops caches computed with the old ones; wakes an
-        engine put to sleep (its weights memory first, then its KV cache once the new weights are in)."""
+        """Loads the trainer's current weights into the engine (`load_weights`)."""
+        self.load_weights(policy_weights(model, self.dtype))
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Loads whole tensors under Hugging Face names, in the engine's dtype, and drops caches computed with the old
+        ones; wakes a sleeping engine (its weights memory first, then its KV cache once the new weights are in)."""
         start = time.perf_counter()
         if self.asleep:
             gc.collect()  # what the trainer's pass freed goes back to the device before vLLM reallocates
             torch.cuda.empty_cache()
             self.llm.wake_up(tags=["weights"])
         tally = {"tensors": 0, "bytes": 0}
-        weights = _tallied(policy_weights(model, self.dtype), tally)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": _tallied(iter(weights), tally)})
         if self.asleep:
             self.llm.wake_up()  # the KV cache and the scheduler
             self.asleep = False
