@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rewardmap.config import load_config
-from rewardmap.distributed import join_world
+from rewardmap.distributed import World, join_world
 from rewardmap.errors import InputError
 from rewardmap.grpo.batching import whole_batch
 from rewardmap.grpo.remote import sampling_version
@@ -208,3 +208,14 @@ def test_a_world_that_cannot_be_split_is_refused(monkeypatch):
     with pytest.raises(InputError, match="rollout.ranks=1 leaves no trainer in a world of 1 processes"):
         with join_world(rollout_ranks=1):
             pass
+
+
+def test_rollout_ranks_that_tensor_parallelism_cannot_tile_are_refused(tiny_model_dir, synth_dataset_dir, tmp_path):
+    config = load_config(
+        DEMO,
+        overrides(tiny_model_dir, synth_dataset_dir, tmp_path, *SEPARATE, "rollout.engine=vllm")
+        + ["rollout.tensor_parallel_size=2"],
+    )
+    one_rollout_rank = World(rank=0, size=1, local_rank=0, device=torch.device("cpu"), role="rollout")
+    with pytest.raises(InputError, match="rollout.tensor_parallel_size=2 does not divide rollout.ranks=1: each vLLM"):
+        build_rollout_parts(config, one_rollout_rank)

@@ -155,10 +155,12 @@ def check_vllm_world(config: RewardMapConfig, world: World) -> None:
     (the world, or the rollout ranks of a separate placement), or ZeRO-3 weights to sync from."""
     tp = config.rollout.tensor_parallel_size
     if tp < 1 or world.size % tp:
-        where = "rollout.ranks" if world.role == "rollout" else "the world of"
+        where = f"the world of {world.size} processes (NPROC x NNODES)"
+        if world.role == "rollout":
+            where = f"rollout.ranks={world.size}"
         raise InputError(
-            f"rollout.tensor_parallel_size={tp} does not divide {where} {world.size} processes: each vLLM engine "
-            f"spans tensor_parallel_size consecutive ranks, so pick a divisor of {world.size}"
+            f"rollout.tensor_parallel_size={tp} does not divide {where}: each vLLM engine spans tensor_parallel_size "
+            f"consecutive ranks, so pick a divisor of {world.size}"
         )
     if world.role == "rollout":
         return
