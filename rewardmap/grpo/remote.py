@@ -240,6 +240,8 @@ def _serve(config: RewardMapConfig, world: World, messages: Messages) -> None:
     staleness, trainers = config.rollout.max_staleness, world.link.trainers
     version = -1
     for step in range(start["first"], start["total"] + 1):
+        if messages.arrived("stop"):  # the trainers stopped early (a signal, an error): nothing more to sample
+            return
         needed = sampling_version(step, staleness)
         waited = 0.0
         if version != needed:
