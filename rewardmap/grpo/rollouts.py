@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,9 +17,12 @@ from rewardmap.distributed import World, all_gather_lists
 from rewardmap.errors import InputError
 from rewardmap.grpo.batching import Group, rollout_share
 from rewardmap.grpo.losses import overlong_penalty
-from rewardmap.grpo.setup import RolloutParts
+from rewardmap.grpo.setup import Components, RolloutParts
 from rewardmap.reward import RewardBreakdown, score_batch
 from rewardmap.rollout import Completion, Sampling, prompt_seed
+
+if TYPE_CHECKING:
+    from rewardmap.grpo.remote import RemoteRollouts
 
 
 @dataclass
@@ -141,7 +145,7 @@ class ColocatedRollouts:
     """Rollouts sampled by every rank of the training world, with the weights it has just trained (the released
     stack): the engine syncs, samples, then sleeps while the step trains."""
 
-    def __init__(self, parts: RolloutParts) -> None:
+    def __init__(self, parts: Components) -> None:
         self.parts = parts
 
     def start(self, trained: int, total: int, pending: list[dict]) -> None:
@@ -172,7 +176,7 @@ class ColocatedRollouts:
         """Nothing to stop."""
 
 
-def build_rollouts(config: RewardMapConfig, world: World, parts: RolloutParts) -> ColocatedRollouts:
+def build_rollouts(config: RewardMapConfig, world: World, parts: Components) -> ColocatedRollouts | RemoteRollouts:
     """The rollout source rollout.placement names, for the training side of a run."""
     if config.rollout.placement == "separate":
         from rewardmap.grpo.remote import RemoteRollouts
